@@ -1,0 +1,48 @@
+"""Multiset metrics as torchmetrics ``Metric``s, so they reduce across DDP processes.
+
+precision = |pred ∩ true| / |pred| and recall = |pred ∩ true| / |true|, with multiset
+intersection, summed over the dataset (micro); exact match is per image.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from glimpse import multiset
+
+
+class MultisetMetrics(Metric):
+    """Accumulates predicted and true count vectors ``(B, K)``; ``compute`` gives the keys of DESIGN.md."""
+
+    full_state_update = False
+
+    def __init__(self, prefix: str = "multiset/") -> None:
+        super().__init__()
+        self.prefix = prefix
+        for name in ("intersection", "predicted", "target", "exact", "images"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predicted: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        if predicted.shape != target.shape:
+            raise ValueError(f"predicted counts {tuple(predicted.shape)} and targets {tuple(target.shape)} differ in shape")
+        self.intersection += multiset.intersection_size(predicted, target).sum()
+        self.predicted += predicted.sum()
+        self.target += target.sum()
+        self.exact += (predicted == target).all(-1).sum()
+        self.images += predicted.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        inter = self.intersection.double()
+        precision = inter / self.predicted.clamp(min=1)
+        recall = inter / self.target.clamp(min=1)
+        if self.target == 0:  # no objects at all: perfect exactly when nothing was predicted
+            precision = recall = (self.predicted == 0).double()
+        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0)
+        p = self.prefix
+        return {
+            f"{p}exact_match": (self.exact.double() / self.images.clamp(min=1)).float(),
+            f"{p}precision": precision.float(),
+            f"{p}recall": recall.float(),
+            f"{p}f1": f1.float(),
+        }

@@ -1,0 +1,232 @@
+"""The glimpse policy (Welleck et al., NeurIPS 2017): meta-controller, interface, controller.
+
+Data flow for one image batch, ``T`` meta steps, ``k`` glimpses each:
+
+    image -> backbone -> activations A (B, C, h, w) -> saliency model -> saliency_map S (B, h, w)
+    for t in 1..T:                                       # one label (or STOP) per meta step
+        meta-controller: location ~ softmax(log S_t + <key, query(h_meta)>)   (REINFORCE)
+                         attention_mask M_t = Gaussian mixture at the location
+                         S_{t+1} = S_t * (1 - M_t)                           (inhibition of return)
+        interface:       initial glimpse vector g0 = sum(M_t A) / sum(M_t)
+                         priority_map = log M_t + <key, query(h_ctrl)>
+        controller:      k glimpses ~ softmax(priority_map) (REINFORCE), each a Gaussian read of A,
+                         then one classification step: label logits over C classes + STOP
+
+All of it is batched; the only Python loops are over the T meta steps and k glimpses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical
+
+from glimpse.models.attention import GaussianMixtureAttention, GaussianRead
+from glimpse.models.backbone import SaliencyModel
+
+_EPS = 1e-6
+
+
+@dataclass
+class Episode:
+    """Everything a batched rollout records; shapes use B batch, T meta steps, k glimpses."""
+
+    saliency_map: Tensor  # (B, h, w) initial saliency map S
+    class_density: Tensor  # (B, K, h, w); sums over space to predicted counts
+    meta_locations: Tensor  # (B, T) flat cell index chosen by the meta-controller
+    meta_logp: Tensor  # (B, T)
+    meta_entropy: Tensor  # (B, T)
+    attention_masks: Tensor  # (B, T, h*w) covert attention mask of each meta step
+    saliency_mass: Tensor  # (B, T) saliency left before each step (inhibition of return)
+    glimpse_locations: Tensor  # (B, T, k)
+    glimpse_logp: Tensor  # (B, T, k)
+    glimpse_entropy: Tensor  # (B, T, k)
+    label_logits: Tensor  # (B, T, K + 1); index K is STOP
+    labels: Tensor  # (B, T) emitted label or STOP
+    values: Tensor  # (B, T) learned baseline of the step's reward, from detached state
+    grid: tuple[int, int]  # (h, w)
+    priority_maps: Tensor | None = None  # (B, T, k, h*w) logits, only when record=True
+
+    def actions(self) -> dict[str, Tensor]:
+        """The discrete decisions, for replaying the same episode (attribution, env)."""
+        return {"meta_locations": self.meta_locations, "glimpse_locations": self.glimpse_locations, "labels": self.labels}
+
+    def location_logp(self) -> Tensor:
+        """Log-probability ``(B, T)`` of all location decisions of each meta step."""
+        return self.meta_logp + self.glimpse_logp.sum(-1)
+
+    def location_entropy(self) -> Tensor:
+        return self.meta_entropy + self.glimpse_entropy.mean(-1)
+
+
+def _choose(logits: Tensor, mode: str, forced: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Pick an action from ``logits (B, N)``: sample, greedy, or the ``forced`` replay."""
+    dist = Categorical(logits=logits)
+    if forced is not None:
+        action = forced
+    elif mode == "sample":
+        action = dist.sample()
+    else:
+        action = logits.argmax(-1)
+    return action.detach(), dist.log_prob(action), dist.entropy()
+
+
+class MetaController(nn.Module):
+    """Recurrent: picks where to attend next from the current saliency map and its state."""
+
+    def __init__(self, feature_dim: int, label_dim: int, hidden: int, key_dim: int, sigmas: tuple[float, ...]):
+        super().__init__()
+        self.cell = nn.LSTMCell(feature_dim + label_dim + 1, hidden)
+        self.query = nn.Linear(hidden, key_dim)
+        self.attention = GaussianMixtureAttention(sigmas)
+        self.key_dim = key_dim
+
+    def location_logits(self, h: Tensor, keys: Tensor, saliency: Tensor) -> Tensor:
+        """Logits over cells ``(B, h*w)``: the log saliency map, modulated by the state."""
+        bias = torch.bmm(keys, self.query(h)[:, :, None]).squeeze(-1) / math.sqrt(self.key_dim)
+        return torch.log(saliency + _EPS) + bias
+
+
+class Interface(nn.Module):
+    """From the attention mask and the controller state: initial glimpse vector and priority map."""
+
+    def __init__(self, hidden: int, key_dim: int):
+        super().__init__()
+        self.query = nn.Linear(hidden, key_dim)
+        self.key_dim = key_dim
+
+    @staticmethod
+    def initial_glimpse(mask: Tensor, features: Tensor) -> Tensor:
+        """Mask-weighted average of the activations ``(B, C)``."""
+        weights = mask / mask.sum(-1, keepdim=True).clamp(min=_EPS)
+        return torch.bmm(weights[:, None, :], features).squeeze(1)
+
+    def priority_map(self, mask: Tensor, keys: Tensor, h_ctrl: Tensor) -> Tensor:
+        """Glimpse logits ``(B, h*w)`` restricted to the attended region by ``log mask``."""
+        bias = torch.bmm(keys, self.query(h_ctrl)[:, :, None]).squeeze(-1) / math.sqrt(self.key_dim)
+        return torch.log(mask + _EPS) + bias
+
+
+class Controller(nn.Module):
+    """Recurrent: takes k glimpses, then one classification step (a label or STOP)."""
+
+    def __init__(self, feature_dim: int, hidden: int, num_classes: int, glimpse_sigma: float):
+        super().__init__()
+        self.cell = nn.LSTMCell(2 * feature_dim + 1, hidden)
+        self.read = GaussianRead(glimpse_sigma)
+        # the classification step sees the state and, as a skip, the initial glimpse vector
+        self.classifier = nn.Sequential(
+            nn.Linear(hidden + feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes + 1)
+        )
+
+
+class GlimpsePolicy(nn.Module):
+    """The whole model: backbone, saliency model, meta-controller, interface, controller."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        hidden: int = 256,
+        key_dim: int = 64,
+        label_dim: int = 32,
+        num_glimpses: int = 2,
+        attention_sigmas: tuple[float, ...] = (1.0, 2.0, 3.0),
+        glimpse_sigma: float = 1.0,
+        saliency_hidden: int = 64,
+        read_density: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_glimpses < 0:
+            raise ValueError(f"model.num_glimpses must be >= 0, got {num_glimpses}")
+        # with read_density the glimpses also read the saliency model's per-class densities
+        feature_dim = backbone.out_channels + (num_classes if read_density else 0)
+        self.read_density = read_density
+        self.num_classes = num_classes
+        self.num_glimpses = num_glimpses
+        self.backbone = backbone
+        self.saliency = SaliencyModel(backbone.out_channels, num_classes, saliency_hidden)
+        self.keys = nn.Linear(feature_dim, key_dim)
+        self.label_embedding = nn.Embedding(num_classes + 2, label_dim)  # classes, STOP, start
+        self.meta = MetaController(feature_dim, label_dim, hidden, key_dim, tuple(attention_sigmas))
+        self.interface = Interface(hidden, key_dim)
+        self.controller = Controller(feature_dim, hidden, num_classes, glimpse_sigma)
+        self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(
+        self,
+        image: Tensor,
+        num_steps: int,
+        location_mode: str = "sample",
+        label_mode: str = "greedy",
+        actions: dict[str, Tensor] | None = None,
+        record: bool = False,
+    ) -> Episode:
+        """Roll out ``num_steps`` meta steps on a batch; ``actions`` replays recorded decisions."""
+        for name, mode in (("location_mode", location_mode), ("label_mode", label_mode)):
+            if mode not in ("sample", "greedy"):
+                raise ValueError(f"{name} must be 'sample' or 'greedy', got {mode!r}")
+        actions = actions or {}
+        activations = self.backbone(image)  # (B, C, h, w)
+        saliency_map, class_density = self.saliency(activations)
+        batch, _, height, width = activations.shape
+        if self.read_density:
+            activations = torch.cat([activations, class_density], 1)  # (B, C + K, h, w)
+        features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        keys = self.keys(features)  # (B, h*w, D)
+        hidden = self.meta.cell.hidden_size
+        h_meta = c_meta = image.new_zeros(batch, hidden)
+        h_ctrl = c_ctrl = image.new_zeros(batch, self.controller.cell.hidden_size)
+        summary = image.new_zeros(batch, features.shape[-1])
+        prev_label = torch.full((batch,), self.num_classes + 1, dtype=torch.long, device=image.device)
+        saliency = saliency_map.flatten(1)  # (B, h*w), inhibited step by step
+        rec: dict[str, list[Tensor]] = {}
+
+        def keep(**items: Tensor) -> None:
+            for key, value in items.items():
+                rec.setdefault(key, []).append(value)
+
+        for t in range(num_steps):
+            mass = saliency.sum(-1, keepdim=True)
+            log_mass = torch.log1p(mass)
+            h_meta, c_meta = self.meta.cell(torch.cat([summary, self.label_embedding(prev_label), log_mass], -1), (h_meta, c_meta))
+            value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach()).squeeze(-1)
+            loc_logits = self.meta.location_logits(h_meta, keys, saliency)
+            forced = actions.get("meta_locations")
+            loc, loc_logp, loc_ent = _choose(loc_logits, location_mode, None if forced is None else forced[:, t])
+            mask = self.meta.attention(loc, height, width)  # (B, h*w)
+            g0 = self.interface.initial_glimpse(mask, features)  # (B, C)
+
+            g_locs, g_logps, g_ents, prios = [], [], [], []
+            for j in range(self.num_glimpses):
+                prio = self.interface.priority_map(mask, keys, h_ctrl)
+                forced = actions.get("glimpse_locations")
+                g_loc, g_logp, g_ent = _choose(prio, location_mode, None if forced is None else forced[:, t, j])
+                glimpse = self.controller.read(features, g_loc, height, width)
+                h_ctrl, c_ctrl = self.controller.cell(torch.cat([glimpse, g0, log_mass], -1), (h_ctrl, c_ctrl))
+                g_locs.append(g_loc), g_logps.append(g_logp), g_ents.append(g_ent), prios.append(prio)
+            # classification step: the (k+1)-th controller step, reading the attended region as a whole
+            h_ctrl, c_ctrl = self.controller.cell(torch.cat([g0, g0, log_mass], -1), (h_ctrl, c_ctrl))
+            label_logits = self.controller.classifier(torch.cat([h_ctrl, g0], -1))
+            forced = actions.get("labels")
+            label, _, _ = _choose(label_logits, label_mode, None if forced is None else forced[:, t])
+
+            empty = image.new_zeros(batch, 0)
+            keep(
+                meta_locations=loc, meta_logp=loc_logp, meta_entropy=loc_ent, attention_masks=mask, saliency_mass=mass.squeeze(-1),
+                glimpse_locations=torch.stack(g_locs, -1) if g_locs else empty.long(),
+                glimpse_logp=torch.stack(g_logps, -1) if g_logps else empty,
+                glimpse_entropy=torch.stack(g_ents, -1) if g_ents else empty,
+                label_logits=label_logits, labels=label, values=value,
+            )
+            if record:
+                keep(priority_maps=torch.stack(prios, 1) if prios else image.new_zeros(batch, 0, height * width))
+            saliency = saliency * (1 - mask)  # inhibition of return
+            summary, prev_label = g0, label
+
+        stacked = {key: torch.stack(values, 1) for key, values in rec.items()}
+        return Episode(saliency_map=saliency_map, class_density=class_density, grid=(height, width), **stacked)

@@ -1,0 +1,152 @@
+"""The LightningModule: the glimpse policy, its objective and the multiset metrics."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from glimpse import multiset
+from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.models.policy import Episode, GlimpsePolicy
+from glimpse.objectives import GlimpseObjective
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class GlimpseModule(pl.LightningModule):
+    """Trains :class:`GlimpsePolicy` with :class:`GlimpseObjective`; greedy decoding to evaluate.
+
+    Built from plain config dicts so a checkpoint alone rebuilds the model
+    (``GlimpseModule.load_from_checkpoint(path)``).
+    """
+
+    def __init__(
+        self,
+        policy: dict,
+        objective: dict,
+        num_classes: int,
+        class_names: list[str],
+        max_steps: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        scheduler: str = "cosine",
+        data: dict | None = None,
+    ) -> None:
+        super().__init__()
+        policy, objective = _plain(policy), _plain(objective)
+        # `data` is kept only as a record of what the model was trained on
+        self.save_hyperparameters({"policy": policy, "objective": objective, "num_classes": num_classes,
+                                   "class_names": list(class_names), "max_steps": max_steps, "lr": lr,
+                                   "weight_decay": weight_decay, "warmup_steps": warmup_steps, "scheduler": scheduler,
+                                   "data": _plain(data)})
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if max_steps < 1:
+            raise ValueError(f"model.max_steps={max_steps} must be >= 1 (meta steps per image, STOP included)")
+        if scheduler not in ("cosine", "constant"):
+            raise ValueError(f"model.scheduler={scheduler!r} is not known; choose 'cosine' or 'constant'")
+        self.policy: GlimpsePolicy = instantiate(policy, num_classes=num_classes)
+        self.objective = GlimpseObjective(**objective)
+        self.class_names = list(class_names)
+        self.max_steps = max_steps
+        self.val_metrics = MultisetMetrics()
+        self.test_metrics = MultisetMetrics()
+
+    def check_classes(self, class_names: list[str]) -> None:
+        """A dataset must name the checkpoint's classes, in the same order."""
+        if list(class_names) != self.class_names:
+            missing = sorted(set(class_names) ^ set(self.class_names))
+            raise ValueError(
+                f"the dataset's classes {list(class_names)} do not match the checkpoint's {self.class_names}"
+                + (f"; unmatched: {missing}" if missing else " (same names, another order)")
+            )
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def predict_episode(self, images: torch.Tensor, record: bool = False) -> Episode:
+        """Greedy rollout of ``max_steps`` meta steps (the episode ends at the first STOP)."""
+        return self.policy(images, self.max_steps, location_mode="greedy", label_mode="greedy", record=record)
+
+    def predicted_counts(self, episode: Episode) -> torch.Tensor:
+        """The emitted multiset ``(B, K)``: labels before the first STOP."""
+        targets = torch.zeros(episode.labels.shape[0], self.policy.num_classes, dtype=torch.long, device=episode.labels.device)
+        return multiset.rollout(targets, episode.labels, stop_ends=True)["predicted"]
+
+    # -- steps ------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        counts = batch["counts"]
+        steps = self.objective.num_steps(counts, self.max_steps)
+        episode = self.policy(batch["image"], steps, location_mode="sample", label_mode=self.objective.label_mode)
+        losses = self.objective(episode, counts)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"non-finite training loss at global step {self.global_step}, batch {batch_idx}: "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            )
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=False)
+        self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True)
+        return losses["loss"]
+
+    def _evaluate(self, batch: dict, metrics: MultisetMetrics) -> None:
+        episode = self.predict_episode(batch["image"])
+        metrics.update(self.predicted_counts(episode), batch["counts"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        self.val_metrics.reset()
+        self.log_dict(values, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
+            parts = [f"epoch {self.current_epoch}", f"step {self.global_step}"]
+            if train_loss is not None:
+                parts.append(f"train/loss {float(train_loss):.4f}")
+            parts += [f"{k} {float(v):.4f}" for k, v in values.items()]
+            self.print(" | ".join(parts))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        self.test_metrics.reset()
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "constant":
+            return {"optimizer": optimizer}
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(hp.warmup_steps, total // 10)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> GlimpseModule:
+    """Load a :class:`GlimpseModule` checkpoint, with a clear error for anything else."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path} is not a glimpse checkpoint (no state_dict / hyper_parameters); use a .ckpt from train.py")
+    try:
+        return GlimpseModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, TypeError, KeyError) as err:
+        raise ValueError(f"{path} does not fit this version's GlimpseModule: {err}") from err

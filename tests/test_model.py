@@ -1,0 +1,107 @@
+"""The glimpse policy: shapes, gradients reaching every parameter, detached paths, replay."""
+import pytest
+import torch
+
+from glimpse.models.attention import GaussianMixtureAttention
+from glimpse.models.backbone import ConvBackbone
+from glimpse.models.policy import GlimpsePolicy
+from glimpse.objectives import GlimpseObjective
+
+
+def small_policy(k=2):
+    torch.manual_seed(0)
+    backbone = ConvBackbone(1, (8, 8, 8), (2, 2, 2), (1, 1, 2))
+    return GlimpsePolicy(backbone, num_classes=10, hidden=32, key_dim=16, label_dim=8, num_glimpses=k)
+
+
+def batch(b=6):
+    g = torch.Generator().manual_seed(1)
+    counts = torch.zeros(b, 10, dtype=torch.long)
+    counts[torch.arange(b), torch.randint(0, 10, (b,), generator=g)] += 1
+    counts[::2, 3] += 1
+    return torch.rand(b, 1, 48, 48, generator=g), counts
+
+
+def test_episode_shapes():
+    policy = small_policy(k=3)
+    images, _ = batch()
+    ep = policy(images, num_steps=4, record=True)
+    h, w = ep.grid
+    assert ep.saliency_map.shape == (6, h, w) and (ep.saliency_map >= 0).all()
+    assert ep.label_logits.shape == (6, 4, 11) and ep.labels.shape == (6, 4)
+    assert ep.glimpse_locations.shape == (6, 4, 3) and ep.attention_masks.shape == (6, 4, h * w)
+    assert ep.priority_maps.shape == (6, 4, 3, h * w)
+    assert (ep.meta_locations < h * w).all() and (ep.glimpse_locations < h * w).all()
+
+
+@pytest.mark.parametrize("label_loss", ["multiset", "reinforce"])
+def test_every_parameter_gets_a_finite_gradient(label_loss):
+    policy = small_policy()
+    images, counts = batch()
+    obj = GlimpseObjective(label_loss=label_loss)
+    ep = policy(images, obj.num_steps(counts, 4), label_mode=obj.label_mode)
+    obj(ep, counts)["loss"].backward()
+    for name, p in policy.named_parameters():
+        assert p.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+def test_location_policies_learn_from_the_reinforce_term_alone():
+    policy = small_policy()
+    images, counts = batch()
+    obj = GlimpseObjective()
+    ep = policy(images, obj.num_steps(counts, 4))
+    out = obj(ep, counts)
+    loc = out["location_loss"]
+    grads = dict(zip([n for n, _ in policy.named_parameters()],
+                     torch.autograd.grad(loc, list(policy.parameters()), allow_unused=True)))
+    for name in ("meta.query.weight", "interface.query.weight", "saliency.net.2.weight", "keys.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    for name in ("value.0.weight", "controller.classifier.2.weight"):
+        assert grads[name] is None or grads[name].abs().sum() == 0, f"{name} must not get policy gradient"
+
+
+def test_replay_reproduces_a_sampled_episode():
+    policy = small_policy().eval()
+    images, _ = batch()
+    ep = policy(images, 3, location_mode="sample", label_mode="sample")
+    again = policy(images, 3, actions=ep.actions())
+    assert torch.equal(again.labels, ep.labels) and torch.equal(again.glimpse_locations, ep.glimpse_locations)
+    assert torch.allclose(again.label_logits, ep.label_logits, atol=1e-6)
+    assert torch.allclose(again.meta_logp, ep.meta_logp, atol=1e-6)
+
+
+def test_inhibition_of_return_suppresses_the_attended_cell():
+    policy = small_policy().eval()
+    images, _ = batch()
+    ep = policy(images, 3, location_mode="greedy")
+    first = ep.meta_locations[:, 0]
+    # the mask is 1 at its centre, so the map there is zero after step 1: never chosen again
+    assert torch.allclose(ep.attention_masks[:, 0].gather(1, first[:, None]), torch.ones(6, 1))
+    assert (ep.meta_locations[:, 1] != first).all()
+    assert (ep.saliency_mass[:, 1] < ep.saliency_mass[:, 0]).all()
+
+
+def test_gaussian_mixture_mask_matches_a_convolution_of_the_one_hot_location():
+    att = GaussianMixtureAttention((1.0, 2.5))
+    h = w = 9
+    loc = torch.tensor([4 * w + 3])
+    mask = att(loc, h, w).view(h, w)
+    weights = torch.softmax(att.mix_logits, 0)
+    r = torch.arange(-h + 1, h, dtype=torch.float32)
+    d2 = r[:, None] ** 2 + r[None, :] ** 2
+    kernel = sum(wt * torch.exp(-d2 / (2 * s**2)) for wt, s in zip(weights, torch.exp(att.log_sigma)))
+    one_hot = torch.zeros(1, 1, h, w)
+    one_hot[0, 0, 4, 3] = 1
+    conv = torch.nn.functional.conv2d(one_hot, kernel.flip(0, 1)[None, None], padding=h - 1)
+    assert torch.allclose(mask, conv[0, 0], atol=1e-6)
+    assert mask.max() == pytest.approx(1.0) and mask[4, 3] == mask.max()
+
+
+def test_bad_images_and_modes_raise_clear_errors():
+    policy = small_policy()
+    with pytest.raises(ValueError, match="in_channels"):
+        policy(torch.rand(2, 3, 48, 48), 2)
+    with pytest.raises(ValueError, match="location_mode"):
+        policy(torch.rand(2, 1, 48, 48), 2, location_mode="beam")

@@ -1,0 +1,85 @@
+"""End-to-end: the real commands on small real data, and bad input that loses nothing."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.train_size=128", "data.val_size=32", "data.test_size=32", "data.batch_size=32", "trainer.max_epochs=1",
+        "model.policy.hidden=32", "data.num_workers=0"]
+
+
+def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run("train.py", "experiment=smoke", "logger=wandb", f"paths.output_dir={out}")
+    return out, proc
+
+
+def test_smoke_experiment_writes_checkpoint_metrics_and_wandb_run(smoke_run):
+    out, proc = smoke_run
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        for key in ("exact_match", "precision", "recall", "f1"):
+            value = metrics[f"{split}/multiset/{key}"]
+            assert 0.0 <= value <= 1.0
+    assert list((out / "wandb").glob("offline-run-*")), "the offline W&B run is kept under the output dir"
+    assert "epoch 1 | step" in proc.stdout  # the one-line summary per epoch
+
+
+def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
+    out, _ = smoke_run
+    run("evaluate.py", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "data.test_size=32", "data.num_workers=0",
+        f"paths.output_dir={tmp_path}")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) >= {"multiset/exact_match", "multiset/precision", "multiset/recall", "multiset/f1"}
+    assert (tmp_path / "report.md").read_text().startswith("# glimpse evaluation")
+
+
+def test_csv_and_no_logger(tmp_path):
+    run("train.py", *TINY, "logger=csv", f"paths.output_dir={tmp_path / 'csv'}", "test=false")
+    assert list((tmp_path / "csv" / "csv").rglob("metrics.csv"))
+    run("train.py", *TINY, "logger=none", f"paths.output_dir={tmp_path / 'none'}", "test=false")
+    assert (tmp_path / "none" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.max_digit_size=120"], "max_digit_size"),
+        (["data.max_digits=9", "data.max_digit_size=50"], "max_digits"),
+        (["objective.label_loss=ctc"], "objective.label_loss"),
+        (["data=imagenet"], "data"),
+        (["model.nonexistent_key=1"], "nonexistent_key"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    proc = run("train.py", *TINY, "logger=none", f"paths.output_dir={out}", *overrides, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "checkpoints").exists() and not (out / "metrics.json").exists()
+
+
+def test_evaluate_missing_or_foreign_checkpoint(tmp_path):
+    proc = run("evaluate.py", f"ckpt_path={tmp_path / 'missing.ckpt'}", f"paths.output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    proc = run("evaluate.py", f"ckpt_path={junk}", f"paths.output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
