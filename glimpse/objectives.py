@@ -30,6 +30,10 @@ class GlimpseObjective:
     gamma: discount of the return-to-go (0 = immediate reward of the step).
     count_weight: weight of the count loss that teaches the saliency map from multiset
         labels alone (the per-class densities must sum to the true counts).
+    peak_weight: weight of the peak loss: the densest cell of each class holds one whole
+        object when the class is present and none when absent. Counting alone lets the
+        density spread over the canvas; this concentrates it on the objects, so the
+        saliency map says where they are.
     """
 
     label_loss: str = "multiset"
@@ -39,6 +43,7 @@ class GlimpseObjective:
     entropy_weight: float = 0.01
     value_weight: float = 0.5
     count_weight: float = 1.0
+    peak_weight: float = 1.0
     reward: multiset.RewardSpec = field(default_factory=multiset.RewardSpec)
 
     def __post_init__(self) -> None:
@@ -54,7 +59,7 @@ class GlimpseObjective:
                 raise ValueError(f"{key}={value!r} is not known; choose one of {list(allowed)}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"objective.gamma={self.gamma} must be in [0, 1]")
-        for key in ("entropy_weight", "value_weight", "count_weight"):
+        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"objective.{key}={getattr(self, key)} must be >= 0")
 
@@ -110,12 +115,15 @@ class GlimpseObjective:
         out["entropy"] = (entropy * loc_mask).sum() / n
         predicted_counts = episode.class_density.sum((-2, -1))  # (B, K)
         out["count_loss"] = F.mse_loss(predicted_counts, targets.float())
+        peaks = episode.class_density.flatten(2).amax(-1)  # (B, K)
+        out["peak_loss"] = F.mse_loss(peaks, (targets > 0).float())
         out["loss"] = (
             out["label_loss"]
             + out["location_loss"]
             + self.value_weight * out["value_loss"]
             - self.entropy_weight * out["entropy"]
             + self.count_weight * out["count_loss"]
+            + self.peak_weight * out["peak_loss"]
         )
         out["reward"] = (roll["reward"] * roll["alive"]).sum(-1).mean()
         out["location_reward"] = (step_reward * loc_mask).sum() / n

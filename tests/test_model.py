@@ -8,10 +8,10 @@ from glimpse.models.policy import GlimpsePolicy
 from glimpse.objectives import GlimpseObjective
 
 
-def small_policy(k=2):
+def small_policy(k=2, **kwargs):
     torch.manual_seed(0)
     backbone = ConvBackbone(1, (8, 8, 8), (2, 2, 2), (1, 1, 2))
-    return GlimpsePolicy(backbone, num_classes=10, hidden=32, key_dim=16, label_dim=8, num_glimpses=k)
+    return GlimpsePolicy(backbone, num_classes=10, hidden=32, key_dim=16, label_dim=8, num_glimpses=k, **kwargs)
 
 
 def batch(b=6):
@@ -35,8 +35,9 @@ def test_episode_shapes():
 
 
 @pytest.mark.parametrize("label_loss", ["multiset", "reinforce"])
-def test_every_parameter_gets_a_finite_gradient(label_loss):
-    policy = small_policy()
+@pytest.mark.parametrize("learn_attention", [False, True])
+def test_every_parameter_gets_a_finite_gradient(label_loss, learn_attention):
+    policy = small_policy(learn_attention=learn_attention)
     images, counts = batch()
     obj = GlimpseObjective(label_loss=label_loss)
     ep = policy(images, obj.num_steps(counts, 4), label_mode=obj.label_mode)
@@ -47,8 +48,10 @@ def test_every_parameter_gets_a_finite_gradient(label_loss):
         assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
 
 
-def test_location_policies_learn_from_the_reinforce_term_alone():
-    policy = small_policy()
+@pytest.mark.parametrize("detach_saliency", [True, False])
+def test_location_policies_learn_from_the_reinforce_term_alone(detach_saliency):
+    # read_density off: then the log-saliency term is the only path from the policy to the saliency model
+    policy = small_policy(detach_saliency=detach_saliency, read_density=False)
     images, counts = batch()
     obj = GlimpseObjective()
     ep = policy(images, obj.num_steps(counts, 4))
@@ -56,8 +59,11 @@ def test_location_policies_learn_from_the_reinforce_term_alone():
     loc = out["location_loss"]
     grads = dict(zip([n for n, _ in policy.named_parameters()],
                      torch.autograd.grad(loc, list(policy.parameters()), allow_unused=True)))
-    for name in ("meta.query.weight", "interface.query.weight", "saliency.net.2.weight", "keys.weight"):
+    for name in ("meta.query.weight", "interface.query.weight", "keys.weight"):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    # the saliency model learns from the policy gradient only when not detached (default: detached)
+    g = grads["saliency.net.2.weight"]
+    assert (g is not None and g.abs().sum() > 0) == (not detach_saliency)
     for name in ("value.0.weight", "controller.classifier.2.weight"):
         assert grads[name] is None or grads[name].abs().sum() == 0, f"{name} must not get policy gradient"
 
@@ -91,7 +97,7 @@ def test_gaussian_mixture_mask_matches_a_convolution_of_the_one_hot_location():
     weights = torch.softmax(att.mix_logits, 0)
     r = torch.arange(-h + 1, h, dtype=torch.float32)
     d2 = r[:, None] ** 2 + r[None, :] ** 2
-    kernel = sum(wt * torch.exp(-d2 / (2 * s**2)) for wt, s in zip(weights, torch.exp(att.log_sigma)))
+    kernel = sum(wt * torch.exp(-d2 / (2 * s**2)) for wt, s in zip(weights, att.sigmas))
     one_hot = torch.zeros(1, 1, h, w)
     one_hot[0, 0, 4, 3] = 1
     conv = torch.nn.functional.conv2d(one_hot, kernel.flip(0, 1)[None, None], padding=h - 1)
@@ -103,5 +109,7 @@ def test_bad_images_and_modes_raise_clear_errors():
     policy = small_policy()
     with pytest.raises(ValueError, match="in_channels"):
         policy(torch.rand(2, 3, 48, 48), 2)
+    with pytest.raises(ValueError, match="attention_sigmas"):
+        GaussianMixtureAttention((1.0, 9.0))
     with pytest.raises(ValueError, match="location_mode"):
         policy(torch.rand(2, 1, 48, 48), 2, location_mode="beam")

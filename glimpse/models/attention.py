@@ -38,19 +38,33 @@ class GaussianMixtureAttention(nn.Module):
     """Attention mask (B, h*w) in [0, 1]: a mixture of isotropic Gaussians at a location.
 
     Mixture weights sum to one and every component peaks at 1, so the mask is 1 at the
-    chosen cell; the widths (in cells) and weights are learned.
+    chosen cell. Widths (in cells) and weights are fixed by default: learned freely, the
+    widest component grows to cover the whole map (measured: sigma 3 -> 11 cells in 6
+    minutes), turning covert attention into a global average and inhibition of return
+    into erasing everything. ``learn=True`` learns them, each width capped at ``max_sigma``.
     """
 
-    def __init__(self, sigmas: tuple[float, ...] = (1.0, 2.0, 3.0)) -> None:
+    def __init__(self, sigmas: tuple[float, ...] = (1.0, 2.0), learn: bool = False, max_sigma: float = 4.0) -> None:
         super().__init__()
-        if not sigmas or min(sigmas) <= 0:
-            raise ValueError(f"model.attention_sigmas must be positive widths in cells, got {sigmas}")
-        self.log_sigma = nn.Parameter(torch.log(torch.tensor(sigmas, dtype=torch.float32)))
-        self.mix_logits = nn.Parameter(torch.zeros(len(sigmas)))
+        if not sigmas or min(sigmas) <= 0 or max(sigmas) >= max_sigma:
+            raise ValueError(f"model.policy.attention_sigmas must be widths in cells in (0, {max_sigma}), got {list(sigmas)}")
+        # sigma = max_sigma * sigmoid(raw): bounded when learned
+        raw = torch.logit(torch.tensor(sigmas, dtype=torch.float32) / max_sigma)
+        mix = torch.zeros(len(sigmas))
+        if learn:
+            self.raw_sigma, self.mix_logits = nn.Parameter(raw), nn.Parameter(mix)
+        else:
+            self.register_buffer("raw_sigma", raw)
+            self.register_buffer("mix_logits", mix)
+        self.max_sigma = max_sigma
+
+    @property
+    def sigmas(self) -> Tensor:
+        return self.max_sigma * torch.sigmoid(self.raw_sigma)
 
     def forward(self, locations: Tensor, height: int, width: int) -> Tensor:
         d2 = squared_distances(locations, height, width)  # (B, h*w)
-        var = torch.exp(2 * self.log_sigma)  # (M,)
+        var = self.sigmas**2  # (M,)
         weights = torch.softmax(self.mix_logits, 0)
         return (weights * torch.exp(-d2[..., None] / (2 * var))).sum(-1)  # (B, h*w)
 

@@ -76,17 +76,24 @@ def _choose(logits: Tensor, mode: str, forced: Tensor | None) -> tuple[Tensor, T
 class MetaController(nn.Module):
     """Recurrent: picks where to attend next from the current saliency map and its state."""
 
-    def __init__(self, feature_dim: int, label_dim: int, hidden: int, key_dim: int, sigmas: tuple[float, ...]):
+    def __init__(
+        self, feature_dim: int, label_dim: int, hidden: int, key_dim: int, sigmas: tuple[float, ...], temperature: float,
+        detach_saliency: bool, learn_attention: bool,
+    ):
         super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"model.policy.saliency_temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.detach_saliency = detach_saliency
         self.cell = nn.LSTMCell(feature_dim + label_dim + 1, hidden)
         self.query = nn.Linear(hidden, key_dim)
-        self.attention = GaussianMixtureAttention(sigmas)
+        self.attention = GaussianMixtureAttention(sigmas, learn=learn_attention)
         self.key_dim = key_dim
 
     def location_logits(self, h: Tensor, keys: Tensor, saliency: Tensor) -> Tensor:
         """Logits over cells ``(B, h*w)``: the log saliency map, modulated by the state."""
         bias = torch.bmm(keys, self.query(h)[:, :, None]).squeeze(-1) / math.sqrt(self.key_dim)
-        return torch.log(saliency + _EPS) + bias
+        return torch.log(saliency + _EPS) / self.temperature + bias
 
 
 class Interface(nn.Module):
@@ -133,10 +140,13 @@ class GlimpsePolicy(nn.Module):
         key_dim: int = 64,
         label_dim: int = 32,
         num_glimpses: int = 2,
-        attention_sigmas: tuple[float, ...] = (1.0, 2.0, 3.0),
+        attention_sigmas: tuple[float, ...] = (1.0, 2.0),
         glimpse_sigma: float = 1.0,
         saliency_hidden: int = 64,
         read_density: bool = True,
+        saliency_temperature: float = 1.0,
+        detach_saliency: bool = True,
+        learn_attention: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -152,7 +162,10 @@ class GlimpsePolicy(nn.Module):
         self.saliency = SaliencyModel(backbone.out_channels, num_classes, saliency_hidden)
         self.keys = nn.Linear(feature_dim, key_dim)
         self.label_embedding = nn.Embedding(num_classes + 2, label_dim)  # classes, STOP, start
-        self.meta = MetaController(feature_dim, label_dim, hidden, key_dim, tuple(attention_sigmas))
+        self.meta = MetaController(
+            feature_dim, label_dim, hidden, key_dim, tuple(attention_sigmas), saliency_temperature, detach_saliency,
+            learn_attention,
+        )
         self.interface = Interface(hidden, key_dim)
         self.controller = Controller(feature_dim, hidden, num_classes, glimpse_sigma)
         self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
@@ -191,11 +204,13 @@ class GlimpsePolicy(nn.Module):
                 rec.setdefault(key, []).append(value)
 
         for t in range(num_steps):
-            mass = saliency.sum(-1, keepdim=True)
+            # what the meta-controller sees of the map; detached, the map learns from its own losses only
+            seen = saliency.detach() if self.meta.detach_saliency else saliency
+            mass = seen.sum(-1, keepdim=True)
             log_mass = torch.log1p(mass)
             h_meta, c_meta = self.meta.cell(torch.cat([summary, self.label_embedding(prev_label), log_mass], -1), (h_meta, c_meta))
             value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach()).squeeze(-1)
-            loc_logits = self.meta.location_logits(h_meta, keys, saliency)
+            loc_logits = self.meta.location_logits(h_meta, keys, seen)
             forced = actions.get("meta_locations")
             loc, loc_logp, loc_ent = _choose(loc_logits, location_mode, None if forced is None else forced[:, t])
             mask = self.meta.attention(loc, height, width)  # (B, h*w)

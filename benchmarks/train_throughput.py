@@ -1,0 +1,77 @@
+"""Training throughput of the default glimpse model, and what the recurrent part costs.
+
+Prints, measured in one run on the same batch: images/s of a full training step (policy
+rollout, objective, backward, Adam step) and of the backbone's forward+backward alone,
+and their ratio. Absolute times drift on a shared machine; the ratio is the number to keep.
+
+    python benchmarks/train_throughput.py [--batch-size 64] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.policy.num_glimpses=1")
+    args = parser.parse_args()
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", f"data.batch_size={args.batch_size}", "data.train_size=512",
+                                          *args.overrides])
+    torch.manual_seed(0)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model, _recursive_=False, num_classes=datamodule.num_classes,
+                         class_names=datamodule.class_names, max_steps=datamodule.max_objects + 1)
+    batch = next(iter(datamodule.train_dataloader()))
+    policy, objective = module.policy, module.objective
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    images, counts = batch["image"], batch["counts"]
+    steps = objective.num_steps(counts, module.max_steps)
+
+    def full_step() -> None:
+        episode = policy(images, steps, location_mode="sample", label_mode=objective.label_mode)
+        loss = objective(episode, counts)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def backbone_only() -> None:
+        policy.backbone(images).sum().backward()
+
+    full = timed(full_step, args.repeats)
+    backbone = timed(backbone_only, args.repeats)
+    n = images.shape[0]
+    print(f"machine: {platform.machine()} {platform.processor() or ''} torch {torch.__version__} threads {torch.get_num_threads()}")
+    print(f"batch {n}, meta steps {steps}, glimpses/step {policy.num_glimpses}")
+    print(f"full training step      {full * 1e3:8.1f} ms  {n / full:8.1f} images/s")
+    print(f"backbone fwd+bwd alone  {backbone * 1e3:8.1f} ms  {n / backbone:8.1f} images/s")
+    print(f"ratio full / backbone   {full / backbone:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
