@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from glimpse.evaluation.report import write_report
+from glimpse.evaluation.report import render_examples, write_report
 from glimpse.module import load_checkpoint
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
@@ -34,7 +34,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
     if trainer.is_global_zero:
         write_metrics(metrics, cfg.paths.output_dir)
-        report = write_report(metrics, cfg.paths.output_dir, ckpt_path=ckpt_path, split=cfg.split)
+        pictures = [render_examples(model, datamodule, cfg.split, cfg.paths.output_dir)]
+        report = write_report(metrics, cfg.paths.output_dir, ckpt_path=ckpt_path, split=cfg.split, pictures=pictures)
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)
     return metrics
 

@@ -46,7 +46,9 @@ def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
         f"paths.output_dir={tmp_path}")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) >= {"multiset/exact_match", "multiset/precision", "multiset/recall", "multiset/f1"}
-    assert (tmp_path / "report.md").read_text().startswith("# glimpse evaluation")
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# glimpse evaluation") and "![trajectories](trajectories.png)" in report
+    assert (tmp_path / "trajectories.png").stat().st_size > 10_000
 
 
 def test_csv_and_no_logger(tmp_path):

@@ -1,0 +1,1 @@
+"""Attribution and pictures of what the model looked at."""
