@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glimpse.models.attention import cell_coordinates
 from glimpse.models.policy import Episode
 
 
 def _cell_centres(locations: torch.Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
     """Pixel (x, y) centres ``(..., 2)`` of flat cell indices on an image of ``image_hw``."""
     h, w = grid
-    rows = torch.div(locations, w, rounding_mode="floor").float()
-    cols = (locations % w).float()
+    rows, cols = cell_coordinates(locations, w).unbind(-1)
     ys = (rows + 0.5) * image_hw[0] / h
     xs = (cols + 0.5) * image_hw[1] / w
     return torch.stack([xs, ys], -1).cpu().numpy()
