@@ -66,15 +66,22 @@ def expected_reward(remaining: Tensor, probs: Tensor, spec: RewardSpec = RewardS
     return (action_rewards(remaining, spec) * probs).sum(-1)
 
 
-def oracle_policy(remaining: Tensor) -> Tensor:
+def oracle_policy(remaining: Tensor, preference: Tensor | None = None) -> Tensor:
     """Oracle distribution ``(B, C + 1)`` of the multiset loss (Welleck et al. 2018).
 
-    The remaining counts normalised; once nothing remains, all mass on STOP.
+    Every label still in the remaining multiset is an optimal action. Without ``preference``
+    the oracle is the remaining counts normalised (the paper's); with a non-negative
+    ``preference (B, C)`` the same optimal labels are weighted by it, ``remaining * preference``
+    normalised (where the preference is zero on all remaining labels, the counts alone).
+    Once nothing remains, all mass is on STOP.
     """
     remaining = remaining.float()
+    if preference is not None:
+        weighted = remaining * preference
+        remaining = torch.where(weighted.sum(-1, keepdim=True) > 0, weighted, remaining)
     total = remaining.sum(-1, keepdim=True)
     stop = (total == 0).float()
-    return torch.cat([remaining / total.clamp(min=1), stop], dim=-1)
+    return torch.cat([remaining / total.clamp(min=1e-12), stop], dim=-1)
 
 
 def rollout(

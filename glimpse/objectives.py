@@ -16,6 +16,13 @@ from glimpse.models.policy import Episode
 
 LABEL_LOSSES = ("multiset", "reinforce")
 LOCATION_REWARDS = ("expected", "sampled")
+ORACLES = ("uniform", "attended")
+
+
+def attended_density(episode: Episode) -> Tensor:
+    """Mass ``(B, T, K)`` of each class's density under each step's attention mask, detached."""
+    density = episode.class_density.detach().flatten(2)  # (B, K, h*w)
+    return torch.einsum("btn,bkn->btk", episode.attention_masks.detach(), density)
 
 
 @dataclass
@@ -34,6 +41,15 @@ class GlimpseObjective:
         object when the class is present and none when absent. Counting alone lets the
         density spread over the canvas; this concentrates it on the objects, so the
         saliency map says where they are.
+    oracle: ``uniform`` = the 2018 paper's oracle, every remaining label equally;
+        ``attended`` = the same optimal labels weighted by how much of each class's density
+        lies under the step's attention mask (:func:`attended_density`), so the label a
+        step is taught is the object it looks at. Both are optimal policies of the
+        multiset loss; with ``uniform`` nothing ties a label to its step's glimpse.
+    attention_reward: weight of a location reward for attending to objects not yet named:
+        the density of the remaining classes under the step's attention mask, in objects,
+        at most 1. It uses the saliency model's own densities (learned from multiset labels
+        alone), never the boxes.
     """
 
     label_loss: str = "multiset"
@@ -44,6 +60,8 @@ class GlimpseObjective:
     value_weight: float = 0.5
     count_weight: float = 1.0
     peak_weight: float = 1.0
+    oracle: str = "uniform"
+    attention_reward: float = 0.0
     reward: multiset.RewardSpec = field(default_factory=multiset.RewardSpec)
 
     def __post_init__(self) -> None:
@@ -53,13 +71,14 @@ class GlimpseObjective:
             ("objective.label_loss", self.label_loss, LABEL_LOSSES),
             ("objective.location_reward", self.location_reward, LOCATION_REWARDS),
             ("objective.roll_in", self.roll_in, ("greedy", "sample")),
+            ("objective.oracle", self.oracle, ORACLES),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{key}={value!r} is not known; choose one of {list(allowed)}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"objective.gamma={self.gamma} must be in [0, 1]")
-        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight"):
+        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight", "attention_reward"):
             if getattr(self, key) < 0:
                 raise ValueError(f"objective.{key}={getattr(self, key)} must be >= 0")
 
@@ -81,12 +100,14 @@ class GlimpseObjective:
         roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=self.label_loss == "reinforce")
         remaining = roll["remaining_before"]  # (B, T, K)
         out: dict[str, Tensor] = {}
+        attended = attended_density(episode) if self.oracle == "attended" or self.attention_reward else None
 
         if self.label_loss == "multiset":
             # steps 0..|Y|: |Y| labels, then the termination step whose oracle target is STOP
             t = torch.arange(steps, device=logits.device)
             step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
-            oracle = multiset.oracle_policy(remaining.flatten(0, 1)).view_as(logits)
+            preference = attended.flatten(0, 1) if self.oracle == "attended" else None
+            oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(logits)
             ce = -(oracle * log_probs).sum(-1)
             out["label_loss"] = (ce * step_mask).sum() / step_mask.sum()
             # the location decisions only matter while something is left to find
@@ -103,6 +124,9 @@ class GlimpseObjective:
             step_reward = multiset.expected_reward(remaining.flatten(0, 1), probs, self.reward).view(logits.shape[:2])
         else:
             step_reward = roll["reward"]
+        if self.attention_reward:
+            unnamed = (attended * (remaining > 0)).sum(-1).clamp(max=1.0)  # (B, T) objects' worth
+            step_reward = step_reward + self.attention_reward * unnamed
         returns = multiset.discounted_returns(step_reward, loc_mask, self.gamma)
 
         n = loc_mask.sum().clamp(min=1)

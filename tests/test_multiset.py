@@ -97,3 +97,18 @@ def test_metrics_nothing_predicted_scores_zero_not_nan():
     m = MultisetMetrics()
     m.update(counts(), counts())  # an image without objects, rightly left empty
     assert all(v == 1 for v in m.compute().values())
+
+
+def test_oracle_with_preference_weights_only_the_remaining_labels():
+    remaining = counts(3, 3, 5)
+    preference = torch.zeros(1, K)
+    preference[0, 5], preference[0, 7] = 3.0, 100.0  # 7 is not in the multiset: never a target
+    pi = multiset.oracle_policy(remaining, preference)[0]
+    assert pi[5].item() == 1.0 and pi[7].item() == 0.0 and pi[STOP].item() == 0.0
+    preference[0, 3] = 1.0  # 2 copies of 3 x 1.0 against 1 copy of 5 x 3.0
+    pi = multiset.oracle_policy(remaining, preference)[0]
+    assert torch.allclose(pi[[3, 5]], torch.tensor([0.4, 0.6]))
+    # no preference for any remaining label: the paper's oracle
+    pi = multiset.oracle_policy(remaining, torch.zeros(1, K))[0]
+    assert torch.allclose(pi[[3, 5]], torch.tensor([2 / 3, 1 / 3]))
+    assert multiset.oracle_policy(counts(), preference)[0, STOP] == 1.0

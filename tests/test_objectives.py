@@ -87,3 +87,35 @@ def test_bad_objective_values_are_named():
         GlimpseObjective(label_loss="ctc")
     with pytest.raises(ValueError, match="objective.gamma"):
         GlimpseObjective(gamma=1.5)
+
+
+def test_attended_oracle_teaches_the_label_under_the_attention_mask():
+    # target {0, 1}; class 0's density sits in cell 0, class 1's in cell 8; step 0 attends cell 8
+    ep = episode(torch.zeros(1, 3, 3), torch.tensor([[1, 0, 2]]))
+    ep.class_density[0, 0, 0, 0] = 1.0
+    ep.class_density[0, 1, 2, 2] = 1.0
+    ep.attention_masks[0, 0, 8] = 1.0
+    ep.attention_masks[0, 1, 0] = 1.0
+    obj = GlimpseObjective(count_weight=0.0, peak_weight=0.0, oracle="attended")
+    out = obj(ep, torch.tensor([[1, 1]]))
+    # step 0 target (0, 1, 0), step 1 (1, 0, 0), step 2 STOP: each cross entropy is log 3
+    assert math.isclose(out["label_loss"].item(), math.log(3), rel_tol=1e-6)
+    uniform = GlimpseObjective(count_weight=0.0, peak_weight=0.0)(ep, torch.tensor([[1, 1]]))
+    assert math.isclose(uniform["label_loss"].item(), math.log(3), rel_tol=1e-6)  # uniform logits: same loss
+    logits = torch.zeros(1, 3, 3)
+    logits[0, 0, 1] = 4.0  # confident in the attended class at step 0
+    ep.label_logits = logits
+    attended = obj(ep, torch.tensor([[1, 1]]))["label_loss"]
+    uniform = GlimpseObjective(count_weight=0.0, peak_weight=0.0)(ep, torch.tensor([[1, 1]]))["label_loss"]
+    assert attended < uniform
+
+
+def test_attention_reward_pays_for_unnamed_density_under_the_mask():
+    ep = episode(torch.zeros(1, 2, 3), torch.tensor([[0, 2]]))
+    ep.class_density[0, 0, 0, 0] = 1.0
+    ep.attention_masks[0, 0, 0] = 0.5  # half of the unnamed class-0 object under step 0's mask
+    ep.attention_masks[0, 1, 0] = 1.0  # step 1 looks at it again, after it was named
+    obj = GlimpseObjective(count_weight=0.0, peak_weight=0.0, entropy_weight=0.0, attention_reward=2.0, location_reward="sampled")
+    out = obj(ep, torch.tensor([[1, 0]]))
+    # rewards: step 0 label right (+1) + 2 * 0.5; step 1 is past the termination step (not scored)
+    assert math.isclose(out["location_reward"].item(), 2.0, rel_tol=1e-6)

@@ -10,17 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glimpse.models.attention import cell_coordinates
+from glimpse.models.attention import cell_centres
 from glimpse.models.policy import Episode
-
-
-def _cell_centres(locations: torch.Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """Pixel (x, y) centres ``(..., 2)`` of flat cell indices on an image of ``image_hw``."""
-    h, w = grid
-    rows, cols = cell_coordinates(locations, w).unbind(-1)
-    ys = (rows + 0.5) * image_hw[0] / h
-    xs = (cols + 0.5) * image_hw[1] / w
-    return torch.stack([xs, ys], -1).cpu().numpy()
 
 
 def _multiset_text(counts: torch.Tensor, class_names: Sequence[str]) -> str:
@@ -56,8 +47,8 @@ def render_episodes(
     stop_index = len(class_names) if stop_index is None else stop_index
     hw = tuple(images.shape[-2:])
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
-    meta_xy = _cell_centres(episode.meta_locations, episode.grid, hw)  # (B, T, 2)
-    glimpse_xy = _cell_centres(episode.glimpse_locations, episode.grid, hw)  # (B, T, k, 2)
+    meta_xy = cell_centres(episode.meta_locations, episode.grid, hw).cpu().numpy()  # (B, T, 2)
+    glimpse_xy = cell_centres(episode.glimpse_locations, episode.grid, hw).cpu().numpy()  # (B, T, k, 2)
     colours = plt.get_cmap("tab10")
     for i in range(n):
         img = images[i].detach().float().cpu()

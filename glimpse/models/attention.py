@@ -17,6 +17,13 @@ def cell_coordinates(locations: Tensor, width: int) -> Tensor:
     return torch.stack([torch.div(locations, width, rounding_mode="floor"), locations % width], -1).float()
 
 
+def cell_centres(locations: Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+    """Pixel (x, y) centres ``(..., 2)`` of flat cell indices on an ``image_hw`` image split into ``grid``."""
+    h, w = grid
+    rows, cols = cell_coordinates(locations, w).unbind(-1)
+    return torch.stack([(cols + 0.5) * image_hw[1] / w, (rows + 0.5) * image_hw[0] / h], -1)
+
+
 _TABLES: dict[tuple[int, int, str], Tensor] = {}
 
 

@@ -99,8 +99,11 @@ class MetaController(nn.Module):
 class Interface(nn.Module):
     """From the attention mask and the controller state: initial glimpse vector and priority map."""
 
-    def __init__(self, hidden: int, key_dim: int):
+    def __init__(self, hidden: int, key_dim: int, temperature: float = 1.0):
         super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"model.policy.glimpse_temperature must be > 0, got {temperature}")
+        self.temperature = temperature
         self.query = nn.Linear(hidden, key_dim)
         self.key_dim = key_dim
 
@@ -111,9 +114,9 @@ class Interface(nn.Module):
         return torch.bmm(weights[:, None, :], features).squeeze(1)
 
     def priority_map(self, mask: Tensor, keys: Tensor, h_ctrl: Tensor) -> Tensor:
-        """Glimpse logits ``(B, h*w)`` restricted to the attended region by ``log mask``."""
+        """Glimpse logits ``(B, h*w)``: ``log mask / temperature`` keeps glimpses in the attended region."""
         bias = torch.bmm(keys, self.query(h_ctrl)[:, :, None]).squeeze(-1) / math.sqrt(self.key_dim)
-        return torch.log(mask + _EPS) + bias
+        return torch.log(mask + _EPS) / self.temperature + bias
 
 
 class Controller(nn.Module):
@@ -147,6 +150,7 @@ class GlimpsePolicy(nn.Module):
         saliency_temperature: float = 0.5,
         detach_saliency: bool = True,
         learn_attention: bool = False,
+        glimpse_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -166,7 +170,7 @@ class GlimpsePolicy(nn.Module):
             feature_dim, label_dim, hidden, key_dim, tuple(attention_sigmas), saliency_temperature, detach_saliency,
             learn_attention,
         )
-        self.interface = Interface(hidden, key_dim)
+        self.interface = Interface(hidden, key_dim, glimpse_temperature)
         self.controller = Controller(feature_dim, hidden, num_classes, glimpse_sigma)
         self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 

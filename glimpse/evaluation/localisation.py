@@ -1,0 +1,177 @@
+"""Where the glimpses land: hit rate, object coverage and attention energy (DESIGN.md keys).
+
+All three are computed batched over images; the only Python loop is over the handful of
+meta steps, because a box claimed at step ``t`` cannot be claimed again at a later step.
+
+- ``glimpse_hit_rate``: of the classification steps whose label was right (still in the
+  remaining multiset), the share whose final glimpse centre lies inside a not-yet-claimed
+  ground-truth box of that class. A hit claims the box (the nearest one by centre if the
+  glimpse lies in several), so two steps never claim the same box.
+- ``object_coverage``: the share of ground-truth objects inside which some glimpse of the
+  episode (any step before STOP, any of its ``k`` glimpses) landed.
+- ``attention_energy_in_box``: for each classification step that emitted a label, the share
+  of its covert attention mask's mass that lies inside the boxes of the emitted class. A
+  cell's mass is spread uniformly over its pixels, so a cell half covered by a box puts
+  half its mass inside.
+
+Baselines on the same images and the same emitted labels: ``random`` replaces every
+location by a uniformly random cell, ``saliency`` by the argmax of the model's initial
+saliency map with inhibition of return (the meta-controller's prior alone).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from glimpse import multiset
+from glimpse.models.attention import cell_centres
+
+KEYS = ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box")
+_SUBSAMPLES = 8  # points per cell side used to measure how much of a cell a box covers
+
+
+def points_in_boxes(points: Tensor, boxes: Tensor, valid: Tensor) -> Tensor:
+    """``(B, P, N)``: point ``(B, P, 2)`` (x, y) lies in box ``(B, N, 4)`` (x0, y0, x1, y1); ``valid (B, N)``."""
+    x, y = points[..., 0, None], points[..., 1, None]
+    x0, y0, x1, y1 = (boxes[:, None, :, i] for i in range(4))
+    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1) & valid[:, None, :]
+
+
+def claim_hits(centres: Tensor, labels: Tensor, eligible: Tensor, boxes: Tensor, box_labels: Tensor) -> Tensor:
+    """Greedy claim of boxes in step order; returns ``hit (B, T)``.
+
+    centres ``(B, T, 2)`` pixel points, labels ``(B, T)``, eligible ``(B, T)`` steps that may
+    score, boxes ``(B, N, 4)``, box_labels ``(B, N)`` with ``-1`` for padding.
+    """
+    inside = points_in_boxes(centres, boxes, box_labels >= 0)  # (B, T, N)
+    same = box_labels[:, None, :] == labels[:, :, None]
+    box_centres = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, N, 2)
+    distance = (centres[:, :, None, :] - box_centres[:, None, :, :]).pow(2).sum(-1)  # (B, T, N)
+    claimed = torch.zeros_like(box_labels, dtype=torch.bool)
+    hits = []
+    for t in range(centres.shape[1]):
+        candidate = inside[:, t] & same[:, t] & ~claimed & eligible[:, t, None]
+        hit = candidate.any(-1)
+        choice = distance[:, t].masked_fill(~candidate, float("inf")).argmin(-1)
+        claimed = claimed | (torch.nn.functional.one_hot(choice, claimed.shape[1]).bool() & hit[:, None])
+        hits.append(hit)
+    return torch.stack(hits, 1)
+
+
+def class_cover(boxes: Tensor, box_labels: Tensor, labels: Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+    """Share ``(B, T, h*w)`` of each cell inside the union of the boxes of class ``labels (B, T)``."""
+    h, w = grid
+    s = _SUBSAMPLES
+    ys = (torch.arange(h * s, device=boxes.device, dtype=boxes.dtype) + 0.5) * image_hw[0] / (h * s)
+    xs = (torch.arange(w * s, device=boxes.device, dtype=boxes.dtype) + 0.5) * image_hw[1] / (w * s)
+    in_y = (ys >= boxes[..., 1, None]) & (ys < boxes[..., 3, None])  # (B, N, H')
+    in_x = (xs >= boxes[..., 0, None]) & (xs < boxes[..., 2, None])  # (B, N, W')
+    raster = (in_y[..., :, None] & in_x[..., None, :]).flatten(-2).float()  # (B, N, H'W')
+    same = ((box_labels[:, None, :] == labels[:, :, None]) & (box_labels[:, None, :] >= 0)).float()  # (B, T, N)
+    union = (same @ raster).clamp(max=1)  # (B, T, H'W'): overlapping boxes of a class counted once
+    return union.unflatten(-1, (h, s, w, s)).mean((-3, -1)).flatten(-2)
+
+
+def baseline_episode(episode, kind: str, attention, generator: torch.Generator | None = None):
+    """The episode with every location replaced by a baseline's, labels kept.
+
+    ``random``: each meta location and glimpse uniformly over the cells. ``saliency``: the
+    argmax of the initial saliency map, inhibited by each step's attention mask (the
+    meta-controller's prior with inhibition of return); its glimpses stay at that cell.
+    ``attention`` is the model's :class:`GaussianMixtureAttention`.
+    """
+    h, w = episode.grid
+    batch, steps = episode.labels.shape
+    k = episode.glimpse_locations.shape[-1]
+    device = episode.labels.device
+    if kind == "random":
+        draw = lambda *shape: torch.randint(h * w, shape, generator=generator).to(device)  # noqa: E731
+        meta, glimpses = draw(batch, steps), draw(batch, steps, k)
+        masks = torch.stack([attention(meta[:, t], h, w) for t in range(steps)], 1)
+    elif kind == "saliency":
+        saliency = episode.saliency_map.flatten(1)
+        chosen, mask_list = [], []
+        for _ in range(steps):
+            loc = saliency.argmax(-1)
+            mask = attention(loc, h, w)
+            saliency = saliency * (1 - mask)
+            chosen.append(loc), mask_list.append(mask)
+        meta, masks = torch.stack(chosen, 1), torch.stack(mask_list, 1)
+        glimpses = meta[..., None].expand(batch, steps, k)
+    else:
+        raise ValueError(f"baseline must be 'random' or 'saliency', got {kind!r}")
+    return dataclasses.replace(episode, meta_locations=meta, glimpse_locations=glimpses, attention_masks=masks.detach())
+
+
+def step_centres(episode, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Pixel centres of the final glimpse of each step ``(B, T, 2)`` and of every glimpse ``(B, T, k', 2)``."""
+    locations = episode.glimpse_locations if episode.glimpse_locations.shape[-1] else episode.meta_locations[..., None]
+    every = cell_centres(locations, episode.grid, image_hw)
+    return every[:, :, -1], every
+
+
+class LocalisationMetrics(Metric):
+    """Accumulates the three localisation metrics, per meta step and overall.
+
+    ``update(episode, counts, boxes, box_labels, image_hw)`` takes a recorded episode;
+    the baselines are separate instances fed with baseline episodes
+    (:func:`baseline_episode`). ``compute`` returns ``{key: value}`` and
+    ``{key/step_t: value}``; a step with nothing to score gives NaN, never a fake 0.
+    """
+
+    full_state_update = False
+
+    def __init__(self, max_steps: int, prefix: str = "localisation/") -> None:
+        super().__init__()
+        self.prefix, self.max_steps = prefix, max_steps
+        for name in ("hits", "scored", "energy", "emitted"):
+            self.add_state(name, default=torch.zeros(max_steps, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("covered", "objects"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> None:  # type: ignore[override]
+        labels = episode.labels
+        steps = labels.shape[1]
+        if steps > self.max_steps:
+            raise ValueError(f"episode has {steps} steps but the metric was built for max_steps={self.max_steps}")
+        played = multiset.rollout(counts, labels)
+        is_label = labels < counts.shape[1]
+        emitted = played["alive"] & is_label  # (B, T) steps that emitted a label
+        correct = played["correct"] & emitted
+        final, every = step_centres(episode, image_hw)
+        hit = claim_hits(final, labels, correct, boxes, box_labels)
+
+        valid = box_labels >= 0
+        landed = points_in_boxes(every.flatten(1, 2), boxes, valid)  # (B, T*k', N)
+        alive_points = played["alive"][:, :, None].expand(every.shape[:3]).flatten(1)  # (B, T*k')
+        covered = (landed & alive_points[:, :, None]).any(1) & valid
+
+        cover = class_cover(boxes, box_labels, labels.clamp(max=counts.shape[1] - 1), episode.grid, image_hw)
+        masks = episode.attention_masks
+        energy = (masks * cover).sum(-1) / masks.sum(-1).clamp(min=1e-12)  # (B, T)
+
+        self.hits[:steps] += hit.double().sum(0)
+        self.scored[:steps] += correct.double().sum(0)
+        self.energy[:steps] += (energy.double() * emitted).sum(0)
+        self.emitted[:steps] += emitted.double().sum(0)
+        self.covered += covered.double().sum()
+        self.objects += valid.double().sum()
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.hits.device)
+        ratio = lambda a, b: torch.where(b > 0, a / b.clamp(min=1), nan)  # noqa: E731
+        p = self.prefix
+        out = {
+            f"{p}glimpse_hit_rate": ratio(self.hits.sum(), self.scored.sum()),
+            f"{p}object_coverage": ratio(self.covered, self.objects),
+            f"{p}attention_energy_in_box": torch.where(self.emitted.sum() > 0, self.energy.sum() / self.emitted.sum().clamp(min=1e-12), nan),
+        }
+        for t in range(self.max_steps):
+            out[f"{p}glimpse_hit_rate/step_{t}"] = ratio(self.hits[t], self.scored[t])
+            out[f"{p}attention_energy_in_box/step_{t}"] = torch.where(
+                self.emitted[t] > 0, self.energy[t] / self.emitted[t].clamp(min=1e-12), nan
+            )
+        return {k: v.float() for k, v in out.items()}
