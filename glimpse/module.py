@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from glimpse import multiset
+from glimpse.evaluation.localisation import LocalisationSuite
 from glimpse.evaluation.metrics import MultisetMetrics
 from glimpse.models.policy import Episode, GlimpsePolicy
 from glimpse.objectives import GlimpseObjective
@@ -58,6 +59,8 @@ class GlimpseModule(pl.LightningModule):
         self.max_steps = max_steps
         self.val_metrics = MultisetMetrics()
         self.test_metrics = MultisetMetrics()
+        self.val_localisation = LocalisationSuite(max_steps)
+        self.test_localisation = LocalisationSuite(max_steps)
 
     def check_classes(self, class_names: list[str]) -> None:
         """A dataset must name the checkpoint's classes, in the same order."""
@@ -93,31 +96,40 @@ class GlimpseModule(pl.LightningModule):
         self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True)
         return losses["loss"]
 
-    def _evaluate(self, batch: dict, metrics: MultisetMetrics) -> None:
+    def _evaluate(self, batch: dict, batch_idx: int, metrics: MultisetMetrics, localisation: LocalisationSuite) -> None:
         episode = self.predict_episode(batch["image"])
         metrics.update(self.predicted_counts(episode), batch["counts"])
+        localisation.update(episode, batch, self.policy.meta.attention, batch_idx)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        self._evaluate(batch, batch_idx, self.val_metrics, self.val_localisation)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self._evaluate(batch, batch_idx, self.test_metrics, self.test_localisation)
 
     def on_validation_epoch_end(self) -> None:
         values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
         self.log_dict(values, prog_bar=True, sync_dist=False)
+        localisation = {f"val/{k}": v for k, v in self.val_localisation.compute().items()}
+        self.val_localisation.reset()
+        self.log_dict(localisation)
         if not self.trainer.sanity_checking:
             train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
             parts = [f"epoch {self.current_epoch}", f"step {self.global_step}"]
             if train_loss is not None:
                 parts.append(f"train/loss {float(train_loss):.4f}")
             parts += [f"{k} {float(v):.4f}" for k, v in values.items()]
+            hit = localisation.get("val/localisation/glimpse_hit_rate")
+            if hit is not None:
+                parts.append(f"val/localisation/glimpse_hit_rate {float(hit):.4f}")
             self.print(" | ".join(parts))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
         self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v for k, v in self.test_localisation.compute().items()})
+        self.test_localisation.reset()
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -175,3 +175,44 @@ class LocalisationMetrics(Metric):
                 self.emitted[t] > 0, self.energy[t] / self.emitted[t].clamp(min=1e-12), nan
             )
         return {k: v.float() for k, v in out.items()}
+
+
+class LocalisationSuite(torch.nn.Module):
+    """The model's localisation metrics beside its two baselines, fed from one batch.
+
+    Keys: ``localisation/<metric>`` for the model, ``localisation/random/<metric>`` and
+    ``localisation/saliency/<metric>`` for the baselines, plus ``.../step_t`` variants.
+    The random baseline draws from its own generator, seeded by the batch index, so it is
+    reproducible and never touches the global RNG stream that training uses.
+    """
+
+    BASELINES = ("random", "saliency")
+
+    def __init__(self, max_steps: int, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self.metrics = torch.nn.ModuleDict(
+            {"model": LocalisationMetrics(max_steps)}
+            | {name: LocalisationMetrics(max_steps, prefix=f"localisation/{name}/") for name in self.BASELINES}
+        )
+
+    def update(self, episode, batch: dict, attention, batch_idx: int) -> None:
+        if "boxes" not in batch:
+            return  # a dataset without boxes has no localisation to score
+        args = (batch["counts"], batch["boxes"], batch["labels"], tuple(batch["image"].shape[-2:]))
+        self.metrics["model"].update(episode, *args)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_idx)
+        for name in self.BASELINES:
+            self.metrics[name].update(baseline_episode(episode, name, attention, generator), *args)
+
+    def compute(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for metric in self.metrics.values():
+            if metric.update_count:
+                # a step no episode reached has no value: leave it out rather than log NaN
+                out.update({k: v for k, v in metric.compute().items() if "/step_" not in k or not torch.isnan(v)})
+        return out
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()

@@ -1,0 +1,60 @@
+"""Heatmap metrics on hand-made maps and boxes with known answers."""
+import math
+
+import torch
+
+from glimpse.evaluation.heatmaps import (
+    energy_pointing_game, per_class_mean, perturbation_auc, pointing_game, pointing_tolerance,
+)
+
+BOX = torch.tensor([[[20.0, 20.0, 40.0, 40.0]]])
+VALID = torch.ones(1, 1, dtype=torch.bool)
+
+
+def peak(x, y, size=64):
+    m = torch.zeros(1, size, size)
+    m[0, y, x] = 1.0
+    return m
+
+
+def test_pointing_game_inside_outside_and_tolerance():
+    assert pointing_game(peak(30, 30), BOX, VALID, 0.0).item()
+    assert not pointing_game(peak(5, 5), BOX, VALID, 0.0).item()
+    # 5.5 px left of the box: a hit only with a tolerance of at least 5.5 px
+    assert not pointing_game(peak(14, 30), BOX, VALID, 5.0).item()
+    assert pointing_game(peak(14, 30), BOX, VALID, 6.0).item()
+    assert not pointing_game(peak(30, 30), BOX, torch.zeros(1, 1, dtype=torch.bool), 100.0).item()  # no valid box
+    assert math.isclose(pointing_tolerance((224, 300)), 15.0) and math.isclose(pointing_tolerance((100, 100)), 15 * 100 / 224)
+
+
+def test_energy_pointing_game_share_inside_and_flat_maps_give_zero():
+    m = torch.zeros(1, 64, 64)
+    m[0, 30, 30] = 3.0  # inside
+    m[0, 5, 5] = 1.0  # outside
+    m[0, 50, 50] = -10.0  # negative mass does not count
+    assert math.isclose(energy_pointing_game(m, BOX, VALID).item(), 0.75, rel_tol=1e-6)
+    flat = energy_pointing_game(torch.zeros(1, 64, 64), BOX, VALID)
+    assert flat.item() == 0.0 and not torch.isnan(flat).any()
+
+
+def test_per_class_mean_averages_classes_not_targets():
+    per_class, overall = per_class_mean(torch.tensor([1.0, 1.0, 1.0, 0.0]), torch.tensor([0, 0, 0, 2]), 3)
+    assert per_class[0].item() == 1.0 and math.isnan(per_class[1].item()) and per_class[2].item() == 0.0
+    assert overall.item() == 0.5  # (1 + 0) / 2, not 3 / 4
+
+
+def test_deletion_of_the_right_pixels_beats_deletion_of_an_inverted_map():
+    images = torch.zeros(1, 1, 16, 16)
+    images[0, 0, 4:8, 4:8] = 1.0  # the evidence
+
+    def score(x, rows):  # probability = share of the evidence still visible
+        return x[:, 0, 4:8, 4:8].mean((-2, -1))
+
+    perfect = images[:, 0].clone()
+    inverted = 1 - perfect
+    good = perturbation_auc(score, images, perfect, steps=16)
+    bad = perturbation_auc(score, images, inverted, steps=16)
+    assert good["deletion"].item() < bad["deletion"].item()
+    assert good["insertion"].item() > bad["insertion"].item()
+    # the perfect map removes all 16 evidence pixels in the first 1/16 of the 256 pixels
+    assert math.isclose(good["deletion"].item(), 0.5 / 16, rel_tol=1e-5)
