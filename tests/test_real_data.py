@@ -254,3 +254,139 @@ def test_bad_voc_input_names_the_file(voc_root):
         VOCDataModule(root=str(voc_root), **SMALL)
     with pytest.raises(FileNotFoundError, match="VOC2012"):
         VOCDataModule(root=str(voc_root), year=2012, **SMALL)
+
+
+# ---------------------------------------------------------------- export, backbone, training
+
+
+def test_multiset_mnist_export_round_trips_through_coco(tmp_path):
+    from glimpse.data import MultisetMNISTDataModule
+    from glimpse.data.export_coco import export
+
+    mnist = MultisetMNISTDataModule(train_size=8, val_size=6, test_size=6, num_workers=0)
+    files = export(mnist, tmp_path / "out")
+    coco = COCO(str(files["val"]))  # pycocotools opens it
+    assert len(coco.imgs) == 6 and sorted(c["name"] for c in coco.cats.values()) == [str(d) for d in range(10)]
+    out = tmp_path / "out"
+    back = CocoDataModule(root=str(out / "train"), ann_file=str(files["train"]), val_root=str(out / "val"),
+                          val_ann_file=str(files["val"]), test_root=str(out / "test"), test_ann_file=str(files["test"]),
+                          image_size=100, channels=1, num_workers=0)
+    assert back.class_names == mnist.class_names
+    for split in ("train", "val", "test"):
+        assert len(back.datasets[split]) == len(mnist.datasets[split])
+        for i in range(len(mnist.datasets[split])):
+            want, got = mnist.datasets[split][i], back.datasets[split][i]
+            n = int(want["num_objects"])
+            assert int(got["num_objects"]) == n and torch.equal(got["counts"], want["counts"])
+            assert torch.equal(got["labels"][:n], want["labels"][:n])
+            torch.testing.assert_close(got["boxes"][:n], want["boxes"][:n], atol=1e-4, rtol=0)
+            assert torch.equal(got["image"], want["image"])  # lossless PNG, no resize at 100 x 100
+    with pytest.raises(ValueError, match="not empty"):
+        export(mnist, out)
+
+
+def test_resnet_backbone_weights_freeze_and_lr(tmp_path, monkeypatch):
+    import torchvision
+
+    from glimpse.models.backbone import ResNetBackbone
+    from glimpse.module import GlimpseModule
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torchvision cache
+    with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth .* in .*torch/hub/checkpoints/.*weights_path"):
+        ResNetBackbone("resnet18", weights="IMAGENET1K_V1")
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    backbone = ResNetBackbone("resnet18", stages=2, weights_path=str(tmp_path / "r18.pth"), freeze=True)
+    assert torch.equal(backbone.features[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert backbone.out_channels == 128 and backbone(torch.rand(1, 3, 64, 64)).shape == (1, 128, 8, 8)
+    gray_backbone = ResNetBackbone("resnet18", stages=2, weights_path=str(tmp_path / "r18.pth"), in_channels=1).eval()
+    gray = torch.rand(1, 1, 64, 64)
+    backbone.eval()
+    torch.testing.assert_close(gray_backbone(gray), backbone(gray.repeat(1, 3, 1, 1)))  # grayscale = repeated RGB
+    with pytest.raises(FileNotFoundError, match="weights_path"):
+        ResNetBackbone("resnet18", weights_path=str(tmp_path / "none.pth"))
+    with pytest.raises(ValueError, match="not a readable torch state dict"):
+        (tmp_path / "junk.pth").write_text("junk")
+        ResNetBackbone("resnet18", weights_path=str(tmp_path / "junk.pth"))
+
+    policy = {"_target_": "glimpse.models.policy.GlimpsePolicy", "hidden": 16,
+              "backbone": {"_target_": "glimpse.models.backbone.ResNetBackbone", "stages": 1, "freeze": True}}
+    module = GlimpseModule(policy, {}, num_classes=2, class_names=["a", "b"], max_steps=3, backbone_lr=1e-5)
+    module.train()
+    assert not module.policy.backbone.features[1].training  # frozen batch-norm statistics
+    groups = module.parameter_groups()
+    assert len(groups) == 1 and not any(p.requires_grad for p in module.policy.backbone.parameters())
+    policy["backbone"]["freeze"] = False
+    module = GlimpseModule(policy, {}, num_classes=2, class_names=["a", "b"], max_steps=3, backbone_lr=1e-5)
+    groups = module.parameter_groups()
+    assert groups[1]["lr"] == 1e-5 and len(groups[1]["params"]) == len(list(module.policy.backbone.parameters()))
+    assert sum(len(g["params"]) for g in groups) == len(list(module.parameters()))
+
+
+def _script(name: str):
+    """train.py / evaluate.py as modules, to run their functions in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"glimpse_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compose(config: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config, overrides=overrides)
+
+
+TINY_RUN = ["data.image_size=64", "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1",
+            "trainer.deterministic=false", "trainer.enable_progress_bar=false", "model.policy.hidden=16",
+            "model.policy.key_dim=16", "model.warmup_steps=1", "logger=none"]
+
+
+def test_smoke_training_and_evaluation_on_voc(voc_root, tmp_path):
+    data = ["data=voc", f"data.root={voc_root}"]
+    metrics = _script("train").train(_compose("train", data + TINY_RUN + [f"paths.output_dir={tmp_path / 'run'}"]))
+    assert 0 <= metrics["test/multiset/f1"] <= 1 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    cfg = _compose("evaluate", data + TINY_RUN[:3] + [f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                                                     f"paths.output_dir={tmp_path / 'eval'}", "trainer.enable_progress_bar=false"])
+    metrics = _script("evaluate").evaluate(cfg)
+    assert set(metrics) >= {"multiset/exact_match", "multiset/f1"} and (tmp_path / "eval" / "trajectories.png").is_file()
+
+
+def test_smoke_training_on_coco_with_resnet18(tmp_path):
+    import torchvision
+
+    ann = _coco_folder(tmp_path / "coco")
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    data = ["data=coco", f"data.root={tmp_path / 'coco' / 'images'}", f"data.ann_file={ann}", f"data.val_ann_file={ann}"]
+    model = ["model=resnet18", "model.policy.backbone.stages=2", f"model.policy.backbone.weights_path={weights}",
+             "model.policy.backbone.freeze=true"]
+    metrics = _script("train").train(_compose("train", data + model + TINY_RUN + [f"paths.output_dir={tmp_path / 'run'}"]))
+    assert 0 <= metrics["val/multiset/f1"] <= 1
+    from glimpse.module import load_checkpoint
+
+    os.remove(weights)  # the checkpoint holds every weight: evaluating elsewhere needs no .pth file
+    module = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert module.hparams.policy["backbone"]["weights_path"] == str(weights)  # the record of what ran
+    assert module.class_names == ["dog", "cat"] and module.policy.backbone.frozen
+
+
+@pytest.mark.parametrize("bad", ["not_json", "truncated"])
+def test_bad_input_exits_2_from_train(tmp_path, bad):
+    ann = _coco_folder(tmp_path)
+    if bad == "not_json":
+        ann.write_text("{images: oops")
+        message = "instances.json is not JSON"
+    else:
+        jpeg = (tmp_path / "images" / "a.jpg").read_bytes()
+        (tmp_path / "images" / "a.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # fails mid-training, in the loader
+        message = "a.jpg is corrupt or truncated"
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "data=coco", f"data.root={tmp_path / 'images'}",
+                           f"data.ann_file={ann}", *TINY_RUN, f"paths.output_dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
