@@ -167,6 +167,16 @@ class DetectionDataModule(_SplitLoaders):
             log.warning("no test files given: the test split is the val split")
             self.datasets["test"] = self.datasets["val"]
 
+    def use_classes(self, class_names: Sequence[str]) -> None:
+        """Match the classes by name to a checkpoint's ``class_names`` (their order, and any
+        classes this data lacks); a class the checkpoint does not know is an error."""
+        unknown = [name for name in self.class_names if name not in class_names]
+        if unknown:
+            raise ValueError(f"the data's classes {unknown} are not among the checkpoint's {list(class_names)}")
+        for dataset in {id(d): d for d in self.datasets.values()}.values():
+            dataset.use_classes(class_names)
+        self.class_names, self.num_classes = list(class_names), len(class_names)
+
     def read_splits(self) -> dict[str, Annotations | None]:
         """Annotations of "train", and of "val" / "test" where the config gives their files."""
         raise NotImplementedError

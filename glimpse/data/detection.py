@@ -199,6 +199,15 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def use_classes(self, class_names: Sequence[str]) -> None:
+        """Index labels by ``class_names`` (matched by name; a superset of this dataset's)."""
+        unknown = [name for name in self.class_names if name not in class_names]
+        if unknown:
+            raise ValueError(f"{self.name}: classes {unknown} are not among {list(class_names)}")
+        remap = np.array([list(class_names).index(name) for name in self.class_names], dtype=np.int64)
+        self.records = [replace(r, labels=remap[r.labels]) for r in self.records]
+        self.class_names, self.num_classes = list(class_names), len(class_names)
+
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 letterboxed image (C, H, W) and its boxes (n, 4)."""
         record = self.records[index]
