@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from glimpse.data import images as images_module
-from glimpse.data.datamodule import CocoDataModule
+from glimpse.data.photo_datamodule import CocoDataModule
 from glimpse.models.backbone import ConvBackbone, ResNetBackbone
 from train_throughput import timed  # benchmarks/ is on sys.path when this script runs
 

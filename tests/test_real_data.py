@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from glimpse.data.datamodule import CocoDataModule, VOCDataModule
+from glimpse.data.photo_datamodule import CocoDataModule, VOCDataModule
 from glimpse.data.images import read_image, to_array
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,6 +288,18 @@ def test_multiset_mnist_export_round_trips_through_coco(tmp_path):
             assert torch.equal(got["image"], want["image"])  # lossless PNG, no resize at 100 x 100
     with pytest.raises(ValueError, match="not empty"):
         export(mnist, out)
+
+
+def test_export_coco_command(tmp_path, capsys):
+    from glimpse.data.export_coco import main
+
+    assert main([str(tmp_path / "cli"), "data.train_size=3", "data.val_size=2", "data.test_size=2",
+                 "data.num_workers=0"]) == 0
+    coco = COCO(str(tmp_path / "cli" / "annotations" / "instances_test.json"))
+    assert len(coco.imgs) == 2 and all((tmp_path / "cli" / "test" / i["file_name"]).is_file() for i in coco.imgs.values())
+    assert main([]) == 2 and "python -m glimpse.data.export_coco OUT" in capsys.readouterr().err
+    assert main([str(tmp_path / "x"), "data.canvas_size=10"]) == 2
+    assert "max_digit_size" in capsys.readouterr().err
 
 
 def test_resnet_backbone_weights_freeze_and_lr(tmp_path, monkeypatch):
