@@ -26,6 +26,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
     model = load_checkpoint(ckpt_path)
     datamodule = instantiate(cfg.data)
+    if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
+        datamodule.use_classes(model.class_names)
     model.check_classes(datamodule.class_names)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=instantiate_logger(cfg.get("logger")), callbacks=[])
     run = trainer.test if cfg.split == "test" else trainer.validate

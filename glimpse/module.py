@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from glimpse import multiset
 from glimpse.evaluation.localisation import LocalisationSuite
 from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.models.backbone import WEIGHT_KEYS
 from glimpse.models.policy import Episode, GlimpsePolicy
 from glimpse.objectives import GlimpseObjective
 
@@ -39,6 +40,7 @@ class GlimpseModule(pl.LightningModule):
         warmup_steps: int = 100,
         scheduler: str = "cosine",
         data: dict | None = None,
+        backbone_lr: float | None = None,
     ) -> None:
         super().__init__()
         policy, objective = _plain(policy), _plain(objective)
@@ -46,11 +48,13 @@ class GlimpseModule(pl.LightningModule):
         self.save_hyperparameters({"policy": policy, "objective": objective, "num_classes": num_classes,
                                    "class_names": list(class_names), "max_steps": max_steps, "lr": lr,
                                    "weight_decay": weight_decay, "warmup_steps": warmup_steps, "scheduler": scheduler,
-                                   "data": _plain(data)})
+                                   "data": _plain(data), "backbone_lr": backbone_lr})
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         if max_steps < 1:
             raise ValueError(f"model.max_steps={max_steps} must be >= 1 (meta steps per image, STOP included)")
+        if backbone_lr is not None and backbone_lr < 0:
+            raise ValueError(f"model.backbone_lr={backbone_lr} must be >= 0, or null for model.lr")
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"model.scheduler={scheduler!r} is not known; choose 'cosine' or 'constant'")
         self.policy: GlimpsePolicy = instantiate(policy, num_classes=num_classes)
@@ -132,9 +136,20 @@ class GlimpseModule(pl.LightningModule):
         self.test_localisation.reset()
 
     # -- optimisation -----------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict]:
+        """Trainable parameters: the backbone's at ``backbone_lr`` (when set), the rest at ``lr``."""
+        backbone = {id(p) for p in self.policy.backbone.parameters()}
+        trainable = [(id(p) in backbone, p) for p in self.parameters() if p.requires_grad]
+        backbone_lr = self.hparams.get("backbone_lr")
+        if backbone_lr is None:
+            return [{"params": [p for _, p in trainable]}]
+        groups = [{"params": [p for in_backbone, p in trainable if not in_backbone]},
+                  {"params": [p for in_backbone, p in trainable if in_backbone], "lr": backbone_lr}]
+        return [g for g in groups if g["params"]]  # a frozen backbone has none
+
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.Adam(self.parameter_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler == "constant":
             return {"optimizer": optimizer}
         total = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -158,7 +173,14 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Glim
         raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path} is not a glimpse checkpoint (no state_dict / hyper_parameters); use a .ckpt from train.py")
+    # The state dict holds every weight: a pretrained backbone's source file need not exist here.
+    recorded = checkpoint["hyper_parameters"].get("policy") or {}
+    policy = dict(recorded)
+    if isinstance(policy.get("backbone"), dict):
+        policy["backbone"] = {k: v for k, v in policy["backbone"].items() if k not in WEIGHT_KEYS}
     try:
-        return GlimpseModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+        module = GlimpseModule.load_from_checkpoint(path, map_location=map_location, weights_only=False, policy=policy)
+        module.hparams["policy"] = recorded  # keep the record of what the run started from
+        return module
     except (RuntimeError, TypeError, KeyError) as err:
         raise ValueError(f"{path} does not fit this version's GlimpseModule: {err}") from err

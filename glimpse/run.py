@@ -35,10 +35,19 @@ def user_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
                 cause = cause.__cause__
             if not isinstance(cause, (ConfigError, FileNotFoundError, ValueError)):
                 raise
-            print(f"error: {cause}", file=sys.stderr)
+            print(f"error: {_one_line(cause)}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def _one_line(err: BaseException) -> str:
+    """The message; for an error re-raised from a DataLoader worker, the original one only."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]  # "package.module.ErrorType: message"
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def instantiate_logger(cfg: DictConfig | None):

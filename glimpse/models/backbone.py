@@ -65,3 +65,108 @@ class SaliencyModel(nn.Module):
         class_density = nn.functional.softplus(self.net(activations))  # (B, K, h, w)
         saliency_map = class_density.sum(1)  # (B, h, w)
         return saliency_map, class_density
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHT_KEYS = ("weights", "weights_path", "download")  # how pretrained weights are found, not the architecture
+
+
+def pretrained_state(arch: str, weights: str | None, weights_path: str | None, download: bool) -> dict | None:
+    """A torchvision state dict: from ``weights_path``, else torchvision's cache for ``weights``
+    (e.g. IMAGENET1K_V1 or DEFAULT), else a download only when ``download`` is asked for."""
+    import os
+
+    import torchvision
+
+    if weights_path:
+        path = os.path.abspath(os.path.expanduser(str(weights_path)))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model.policy.backbone.weights_path={path} does not exist; give a torchvision {arch} .pth file")
+    elif weights:
+        enum = torchvision.models.get_model_weights(arch)
+        if weights not in enum.__members__:
+            raise ValueError(f"model.policy.backbone.weights={weights!r}: {arch} has {', '.join(enum.__members__)}")
+        url = enum[weights].url
+        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+        path = os.path.join(folder, os.path.basename(url))
+        if not os.path.isfile(path):
+            if not download:
+                raise FileNotFoundError(
+                    f"pretrained {arch} weights {weights} are not on this machine: put {os.path.basename(url)} "
+                    f"(from {url}) in {folder}/ (torchvision's cache; TORCH_HOME moves it), or give "
+                    f"model.policy.backbone.weights_path=FILE, or model.policy.backbone.weights=null to train from "
+                    f"scratch; nothing is downloaded unless model.policy.backbone.download=true"
+                )
+            return enum[weights].get_state_dict(progress=True, check_hash=True)
+    else:
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable torch state dict ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of a torchvision {arch}")
+    return state
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet cut after ``stages`` residual stages: a conv feature grid as ``A``.
+
+    stages=3 keeps conv1..layer3 (stride 16: 224 px -> 14 x 14 cells, 256 channels for
+    resnet18/34). Images in [0, 1] are normalised with the ImageNet statistics inside, so the
+    data and the pictures stay in [0, 1]; a 1-channel image is repeated to RGB. No weights
+    by default; ``freeze`` stops gradients and keeps batch-norm statistics fixed.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        stages: int = 3,
+        weights: str | None = None,
+        weights_path: str | None = None,
+        download: bool = False,
+        freeze: bool = False,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        import torchvision
+
+        if not any(arch.startswith(p) for p in ("resnet", "resnext", "wide_resnet")) or arch not in torchvision.models.list_models():
+            raise ValueError(f"model.policy.backbone.arch={arch!r} is not a torchvision ResNet (resnet18, resnet34, resnet50, ...)")
+        if stages not in (1, 2, 3, 4):
+            raise ValueError(f"model.policy.backbone.stages={stages}: keep 1 to 4 residual stages")
+        if in_channels not in (1, 3):
+            raise ValueError(f"model.policy.backbone.in_channels={in_channels}: a ResNet reads 3 (RGB) or 1 (repeated) channels")
+        net = torchvision.models.get_model(arch, weights=None)
+        state = pretrained_state(arch, weights, weights_path, download)
+        if state is not None:
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as err:
+                raise ValueError(f"the weights ({weights_path or weights}) do not fit a torchvision {arch}: {err}") from err
+        stage_modules = [getattr(net, f"layer{i}") for i in range(1, stages + 1)]
+        self.features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stage_modules)
+        self.out_channels = [m for m in stage_modules[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        self.in_channels = in_channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.frozen = freeze
+        if freeze:
+            self.features.requires_grad_(False)
+            self.features.eval()
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        super().train(mode)
+        if self.frozen:  # frozen means frozen batch-norm statistics too
+            self.features.eval()
+        return self
+
+    def forward(self, image: Tensor) -> Tensor:
+        if image.ndim != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(
+                f"backbone expects images of shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}; "
+                f"set model.policy.backbone.in_channels to the data's channel count"
+            )
+        image = image.expand(-1, 3, -1, -1)  # grayscale -> RGB (a no-op for RGB)
+        return self.features((image - self.mean) / self.std)  # (B, C, h, w)
