@@ -11,7 +11,8 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from glimpse.evaluation.report import render_examples, write_report
+from glimpse.evaluation.heatmap_eval import BUILTIN
+from glimpse.evaluation.report import plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.module import load_checkpoint
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
@@ -23,6 +24,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not known; choose test or val")
     pl.seed_everything(cfg.seed, workers=True)
+    unknown = sorted(set(cfg.heatmaps.methods) - set(BUILTIN))
+    if unknown:
+        raise ConfigError(f"heatmaps.methods has unknown methods {unknown}; choose from {sorted(BUILTIN)}")
+    methods = {name: BUILTIN[name] for name in cfg.heatmaps.methods}
+    if cfg.heatmaps.perturbation_steps < 1:
+        raise ConfigError(f"heatmaps.perturbation_steps={cfg.heatmaps.perturbation_steps} must be >= 1")
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
     model = load_checkpoint(ckpt_path)
     datamodule = instantiate(cfg.data)
@@ -35,9 +42,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     prefix = f"{cfg.split}/"
     metrics = {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
     if trainer.is_global_zero:
-        write_metrics(metrics, cfg.paths.output_dir)
-        pictures = [render_examples(model, datamodule, cfg.split, cfg.paths.output_dir)]
-        report = write_report(metrics, cfg.paths.output_dir, ckpt_path=ckpt_path, split=cfg.split, pictures=pictures)
+        out = cfg.paths.output_dir
+        scored = score_split(model, datamodule, cfg.split, methods, cfg.heatmaps.max_images, cfg.heatmaps.perturbation_steps)
+        metrics.update(scored["metrics"])
+        write_metrics(metrics, out)
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
+        report = write_report(
+            metrics, out, ckpt_path=ckpt_path, split=cfg.split, pictures=[render_examples(model, datamodule, cfg.split, out)],
+            class_names=model.class_names, per_class=scored["per_class"], heatmaps_per_class=scored["heatmaps_per_class"],
+            steps_plot=plot_steps(metrics, out), worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out),
+        )
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)
     return metrics
 

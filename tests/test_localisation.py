@@ -81,3 +81,17 @@ def test_saliency_baseline_follows_the_map_with_inhibition_of_return():
     assert torch.equal(base.labels, ep.labels)
     rand = baseline_episode(ep, "random", attention, torch.Generator().manual_seed(0))
     assert rand.glimpse_locations.shape == ep.glimpse_locations.shape and int(rand.meta_locations.max()) < 4
+
+
+def test_an_image_without_objects_is_scored_not_skipped():
+    from glimpse.evaluation.metrics import MultisetMetrics
+
+    ep = episode([STOP, STOP], [0, 1], [one_hot(0), one_hot(1)])
+    empty_counts, no_boxes, no_labels = torch.zeros(1, K, dtype=torch.long), torch.zeros(1, 2, 4), torch.full((1, 2), -1)
+    metric = LocalisationMetrics(max_steps=2)
+    metric.update(ep, empty_counts, no_boxes, no_labels, (100, 100))
+    out = metric.compute()
+    assert math.isnan(out["localisation/object_coverage"].item())  # nothing to cover: no value, not a fake 1 or 0
+    multiset_metric = MultisetMetrics()
+    multiset_metric.update(torch.zeros(1, K, dtype=torch.long), empty_counts)
+    assert multiset_metric.compute()["multiset/exact_match"].item() == 1.0  # right to stop at once: counted

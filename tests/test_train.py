@@ -46,9 +46,16 @@ def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
         f"paths.output_dir={tmp_path}")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) >= {"multiset/exact_match", "multiset/precision", "multiset/recall", "multiset/f1"}
+    for who in ("", "random/", "saliency/"):  # the model and its two baselines
+        for key in ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box"):
+            assert 0.0 <= metrics[f"localisation/{who}{key}"] <= 1.0
+    for key in ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc"):
+        assert 0.0 <= metrics[f"attribution/saliency_map/{key}"] <= 1.0
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# glimpse evaluation") and "![trajectories](trajectories.png)" in report
-    assert (tmp_path / "trajectories.png").stat().st_size > 10_000
+    assert "## Per class" in report and "![worst](worst.png)" in report and "![steps](steps.png)" in report
+    for picture in ("trajectories.png", "worst.png", "steps.png"):
+        assert (tmp_path / picture).stat().st_size > 10_000
 
 
 def test_csv_logger_and_reinforce_objective_without_logger(tmp_path):
@@ -86,3 +93,6 @@ def test_evaluate_missing_or_foreign_checkpoint(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     proc = run("evaluate.py", f"ckpt_path={junk}", f"paths.output_dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
+    proc = run("evaluate.py", f"ckpt_path={junk}", "heatmaps.methods=[saliency_map,gradcam_typo]",
+               f"paths.output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "gradcam_typo" in proc.stderr and "saliency_map" in proc.stderr

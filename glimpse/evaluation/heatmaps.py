@@ -107,36 +107,51 @@ def blur(images: Tensor, sigma: float = 5.0) -> Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def perturbation_endpoints(score: Callable[[Tensor, Tensor], Tensor], images: Tensor, chunk: int = 256) -> dict[str, Tensor]:
+    """Scores ``(N,)`` of the images every method's curves share: the original, the deleted
+    (all zeros) and the blurred image. Compute once, pass to every :func:`perturbation_auc`."""
+    rows = torch.arange(images.shape[0], device=images.device)
+    run = lambda x: torch.cat([score(x[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])  # noqa: E731
+    return {"original": run(images), "zeros": run(torch.zeros_like(images)), "blurred": run(blur(images))}
+
+
 def perturbation_auc(
-    score: Callable[[Tensor, Tensor], Tensor], images: Tensor, maps: Tensor, steps: int = 10, chunk: int = 256
+    score: Callable[[Tensor, Tensor], Tensor], images: Tensor, maps: Tensor, steps: int = 10, chunk: int = 256,
+    endpoints: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Deletion and insertion AUC ``(N,)`` of ``maps (N, H, W)`` on ``images (N, C, H, W)``.
 
     ``score(images (n, C, H, W), rows (n,))`` returns the target probability of each
     perturbed image, ``rows`` telling which target (row of ``maps``) it belongs to, so the
     caller can replay per-target state (the glimpse model replays the recorded actions).
-    All fractions of all targets go through ``score`` in chunks of ``chunk`` images.
+    The fractions strictly between 0 and 1 of all targets go through ``score`` in chunks of
+    ``chunk`` images; the two ends do not depend on the map and come from ``endpoints``
+    (:func:`perturbation_endpoints`, shared by all methods) or are computed here.
     """
     if steps < 1:
         raise ValueError(f"deletion/insertion steps must be >= 1, got {steps}")
     n, _, h, w = images.shape
     if maps.shape != (n, h, w):
         raise ValueError(f"maps {tuple(maps.shape)} must be (N, H, W) = {(n, h, w)} to rank the image's pixels")
+    if endpoints is None:
+        endpoints = perturbation_endpoints(score, images, chunk)
     # rank of every pixel, most important first (ties by pixel index: deterministic)
     order = torch.sort(maps.flatten(1), dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=maps.device).expand(n, -1))
     rank = rank.view(n, 1, h, w)
     blurred = blur(images)
-    fractions = torch.linspace(0, 1, steps + 1, device=images.device)
+    inner = torch.linspace(0, 1, steps + 1, device=images.device)[1:-1]
+    ends = {"deletion": ("original", "zeros"), "insertion": ("blurred", "original")}
     curves = {}
     for name, start, end in (("deletion", images, torch.zeros_like(images)), ("insertion", blurred, images)):
-        values = []
-        for f in fractions:
-            changed = rank < torch.round(f * h * w)
-            values.append(torch.where(changed, end, start))
-        stacked = torch.stack(values, 1).flatten(0, 1)  # (N * (steps+1), C, H, W), target-major
-        rows = torch.arange(n, device=images.device).repeat_interleave(steps + 1)
-        probs = torch.cat([score(stacked[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
-        curve = probs.view(n, steps + 1)
+        first, last = (endpoints[k][:, None] for k in ends[name])
+        if len(inner):
+            values = [torch.where(rank < torch.round(f * h * w), end, start) for f in inner]
+            stacked = torch.stack(values, 1).flatten(0, 1)  # (N * (steps-1), C, H, W), target-major
+            rows = torch.arange(n, device=images.device).repeat_interleave(len(inner))
+            probs = torch.cat([score(stacked[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+            curve = torch.cat([first, probs.view(n, len(inner)), last], 1)
+        else:
+            curve = torch.cat([first, last], 1)
         curves[name] = torch.trapezoid(curve, dx=1.0 / steps, dim=1)
     return curves

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from glimpse.attribution.render import render_episodes
+from glimpse.evaluation.heatmap_eval import HeatmapEvaluation
 
 
 @torch.no_grad()
@@ -25,18 +26,148 @@ def render_examples(model, datamodule, split: str, output_dir: str | Path, count
                            model.class_names, Path(output_dir) / "trajectories.png")
 
 
+@torch.no_grad()
+def score_split(model, datamodule, split: str, methods: dict, max_images: int | None = None,
+                perturbation_steps: int = 10) -> dict:
+    """One pass over the split: heatmap metrics per method, per-class multiset counts, per-image F1.
+
+    Returns ``{"metrics": {...}, "heatmaps_per_class": {...}, "per_class": {...}, "image_f1": Tensor}``.
+    """
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    was_training = model.training
+    model.eval()
+    evaluation = HeatmapEvaluation(model.policy.num_classes, steps=perturbation_steps)
+    k = model.policy.num_classes
+    inter = torch.zeros(k, dtype=torch.long)
+    predicted_total = torch.zeros(k, dtype=torch.long)
+    target_total = torch.zeros(k, dtype=torch.long)
+    image_f1, seen = [], 0
+    try:
+        for batch in loader:
+            if max_images is not None and seen >= max_images:
+                break
+            batch = {key: v.to(model.device) if torch.is_tensor(v) else v for key, v in batch.items()}
+            episode = model.predict_episode(batch["image"])
+            predicted = model.predicted_counts(episode)
+            counts = batch["counts"]
+            both = torch.minimum(predicted, counts)
+            inter += both.sum(0).cpu()
+            predicted_total += predicted.sum(0).cpu()
+            target_total += counts.sum(0).cpu()
+            overlap = both.sum(-1).double()
+            size = (predicted.sum(-1) + counts.sum(-1)).double()
+            image_f1.append(torch.where(size > 0, 2 * overlap / size.clamp(min=1), torch.ones_like(size)).cpu())
+            if methods:
+                with torch.enable_grad():
+                    evaluation.update(model, batch, episode, methods)
+            seen += counts.shape[0]
+    finally:
+        model.train(was_training)
+    metrics, heatmaps_per_class = evaluation.compute()
+    per_class = {
+        "precision": (inter.double() / predicted_total.clamp(min=1)).tolist(),
+        "recall": (inter.double() / target_total.clamp(min=1)).tolist(),
+        "objects": target_total.tolist(),
+    }
+    return {"metrics": metrics, "heatmaps_per_class": heatmaps_per_class, "per_class": per_class,
+            "image_f1": torch.cat(image_f1) if image_f1 else torch.zeros(0)}
+
+
+@torch.no_grad()
+def render_worst(model, datamodule, split: str, image_f1: torch.Tensor, output_dir: str | Path, count: int = 8) -> Path:
+    """Trajectories and saliency maps of the ``count`` images with the lowest F1."""
+    dataset = datamodule.datasets[split]
+    order = torch.sort(image_f1, stable=True).indices[:count].tolist()
+    batch = torch.utils.data.default_collate([dataset[i] for i in order])
+    was_training = model.training
+    model.eval()
+    try:
+        images = batch["image"].to(model.device)
+        episode = model.predict_episode(images)
+        predicted = model.predicted_counts(episode)
+    finally:
+        model.train(was_training)
+    return render_episodes(images, episode, batch["boxes"], batch["labels"], batch["counts"], predicted.cpu(),
+                           model.class_names, Path(output_dir) / "worst.png")
+
+
+def plot_steps(metrics: dict[str, float], output_dir: str | Path) -> Path | None:
+    """Hit rate and attention energy per meta step, the model beside its baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    drawn = False
+    for ax, key in zip(axes, ("glimpse_hit_rate", "attention_energy_in_box")):
+        for who, style in (("", "o-"), ("random/", "s--"), ("saliency/", "^:")):
+            points = sorted(
+                (int(k.rsplit("_", 1)[1]), v) for k, v in metrics.items() if k.startswith(f"localisation/{who}{key}/step_")
+            )
+            if points:
+                drawn = True
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, label=(who.rstrip("/") or "model"))
+        ax.set_title(key), ax.set_xlabel("meta step"), ax.set_ylim(0, 1), ax.legend(fontsize=8)
+    path = Path(output_dir) / "steps.png"
+    if drawn:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path if drawn else None
+
+
+def _metric_table(metrics: dict[str, float]) -> str:
+    """Localisation metrics side by side with their baselines; the rest one per row."""
+    rows = ["| metric | model | random | saliency argmax |", "|---|---|---|---|"]
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for key in ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box"):
+        if f"localisation/{key}" in metrics:
+            rows.append(f"| `localisation/{key}` | {fmt(metrics.get(f'localisation/{key}'))} | "
+                        f"{fmt(metrics.get(f'localisation/random/{key}'))} | {fmt(metrics.get(f'localisation/saliency/{key}'))} |")
+    rest = [k for k in sorted(metrics) if not k.startswith("localisation/")]
+    rows += [f"| `{k}` | {metrics[k]:.4f} | | |" for k in rest]
+    return "\n".join(rows)
+
+
+def _class_table(class_names: list[str], per_class: dict, heatmaps_per_class: dict) -> str:
+    methods = list(heatmaps_per_class)
+    head = "| class | objects | precision | recall |" + "".join(f" pointing game ({m}) |" for m in methods)
+    rows = [head, "|" + "---|" * (4 + len(methods))]
+    for c, name in enumerate(class_names):
+        cells = [f"{heatmaps_per_class[m]['pointing_game'][c]:.3f}" for m in methods]
+        rows.append(f"| {name} | {per_class['objects'][c]} | {per_class['precision'][c]:.3f} | {per_class['recall'][c]:.3f} | "
+                    + " | ".join(cells) + (" |" if cells else ""))
+    return "\n".join(rows)
+
+
 def write_report(
-    metrics: dict[str, float], output_dir: str | Path, ckpt_path: str, split: str, pictures: list[Path] = ()
+    metrics: dict[str, float], output_dir: str | Path, ckpt_path: str, split: str, pictures: list[Path] = (),
+    class_names: list[str] | None = None, per_class: dict | None = None, heatmaps_per_class: dict | None = None,
+    steps_plot: Path | None = None, worst: Path | None = None,
 ) -> Path:
-    """Write ``report.md``: the metrics of one checkpoint on one split, then the pictures."""
+    """Write ``report.md``: metrics beside their baselines, per class, per step, examples, worst images."""
     path = Path(output_dir) / "report.md"
-    rows = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(metrics.items()))
     figures = "\n\n".join(f"![{p.stem}]({p.name})" for p in pictures)
-    path.write_text(
-        f"# glimpse evaluation\n\ncheckpoint: `{ckpt_path}`  \nsplit: `{split}`\n\n"
-        f"| metric | value |\n|---|---|\n{rows}\n\n## Example trajectories\n\n"
+    parts = [
+        f"# glimpse evaluation\n\ncheckpoint: `{ckpt_path}`  \nsplit: `{split}`\n",
+        "## Metrics\n\nLocalisation beside two baselines on the same images and labels: uniformly random "
+        "glimpses, and the argmax of the model's initial saliency map with inhibition of return. Heatmap "
+        "metrics (`attribution/<method>/...`): pointing game (15 px at 224 px, scaled to the image), energy "
+        "pointing game, deletion AUC (lower is better), insertion AUC (higher is better).\n",
+        _metric_table(metrics) + "\n",
+    ]
+    if class_names and per_class:
+        parts += ["## Per class\n", _class_table(class_names, per_class, heatmaps_per_class or {}) + "\n"]
+    if steps_plot:
+        parts += ["## Per meta step\n", f"![steps]({steps_plot.name})\n"]
+    parts += [
+        "## Example trajectories\n",
         "Green: ground-truth boxes. Numbered circles: the cell each meta step attended, with the label it "
-        "emitted; dots: its glimpses. Bottom row: the saliency map. A red title marks a wrong multiset.\n\n"
-        f"{figures}\n"
-    )
+        "emitted; dots: its glimpses. Bottom row: the saliency map. A red title marks a wrong multiset.\n",
+        figures + "\n",
+    ]
+    if worst:
+        parts += ["## Worst images (lowest F1)\n", f"![worst]({worst.name})\n"]
+    path.write_text("\n".join(parts))
     return path

@@ -1,0 +1,113 @@
+"""Scoring heatmaps of the glimpse model against the boxes: one target per right label.
+
+A target is ``(image, step, class)``: a classification step whose emitted label was right.
+Each method maps targets to heatmaps ``(N, H, W)`` at image resolution; the built-in
+``saliency_map`` is the model's own density of that class (its saliency map split by
+class), upsampled bilinearly. Attribution methods plug in with the same signature.
+Deletion and insertion score the probability of the target label at the target's step,
+with the episode's recorded actions replayed on the perturbed image, so they measure the
+decision that was actually taken.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from glimpse import multiset
+from glimpse.evaluation import heatmaps
+from glimpse.models.policy import Episode
+
+Method = Callable[..., Tensor]  # (model, images, episode, targets) -> maps (N, H, W)
+KEYS = ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc")
+
+
+def saliency_map_method(model, images: Tensor, episode: Episode, targets: Tensor) -> Tensor:
+    """The model's density of the target class, upsampled to the image."""
+    density = episode.class_density[targets[:, 0], targets[:, 2]]  # (N, h, w)
+    return F.interpolate(density[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}
+
+
+def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
+    """``(N, 3)`` rows of (image, step, class) for every emitted label that was right."""
+    played = multiset.rollout(counts, episode.labels)
+    emitted = played["alive"] & (episode.labels < counts.shape[1]) & played["correct"]
+    image, step = emitted.nonzero(as_tuple=True)
+    return torch.stack([image, step, episode.labels[image, step]], 1)
+
+
+def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score(images, rows)``: probability of each target's label at its step, actions replayed."""
+    actions = episode.actions()
+    steps = episode.labels.shape[1]
+
+    @torch.no_grad()
+    def score(images: Tensor, rows: Tensor) -> Tensor:
+        image, step, label = targets[rows].unbind(1)
+        replay = {k: v[image] for k, v in actions.items()}
+        ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
+        arange = torch.arange(len(rows), device=images.device)
+        return ep.label_logits[arange, step].softmax(-1)[arange, label]
+
+    return score
+
+
+class HeatmapEvaluation:
+    """Accumulates the four heatmap metrics of each method over batches.
+
+    ``update(model, batch, episode, methods)``; ``compute()`` gives
+    ``attribution/<method>/<metric>`` (pointing game and its energy version: the mean over
+    classes of the per-class mean; deletion/insertion AUC: the mean over targets) and the
+    per-class values for the report.
+    """
+
+    def __init__(self, num_classes: int, steps: int = 10, perturbation: bool = True) -> None:
+        self.num_classes, self.steps, self.perturbation = num_classes, steps, perturbation
+        self.scores: dict[str, dict[str, list[Tensor]]] = {}
+        self.classes: list[Tensor] = []
+
+    def update(self, model, batch: dict, episode: Episode, methods: dict[str, Method]) -> None:
+        images = batch["image"]
+        targets = right_label_targets(episode, batch["counts"])
+        if not len(targets):
+            return
+        boxes = batch["boxes"][targets[:, 0]]
+        valid = batch["labels"][targets[:, 0]] == targets[:, 2:3]
+        hw = tuple(images.shape[-2:])
+        tolerance = heatmaps.pointing_tolerance(hw)
+        target_images = images[targets[:, 0]]
+        score = replay_score(model, episode, targets)
+        ends = heatmaps.perturbation_endpoints(score, target_images) if self.perturbation else None
+        self.classes.append(targets[:, 2].cpu())
+        for name, method in methods.items():
+            maps = method(model, images, episode, targets).detach()
+            out = self.scores.setdefault(name, {k: [] for k in KEYS})
+            out["pointing_game"].append(heatmaps.pointing_game(maps, boxes, valid, tolerance).float().cpu())
+            out["energy_pointing_game"].append(heatmaps.energy_pointing_game(maps, boxes, valid).cpu())
+            if self.perturbation:
+                auc = heatmaps.perturbation_auc(score, target_images, maps, self.steps, endpoints=ends)
+                out["deletion_auc"].append(auc["deletion"].cpu())
+                out["insertion_auc"].append(auc["insertion"].cpu())
+
+    def compute(self) -> tuple[dict[str, float], dict[str, dict[str, list[float]]]]:
+        """``(metrics, per_class)``: flat metric keys, and per method the per-class pointing games."""
+        metrics: dict[str, float] = {}
+        per_class: dict[str, dict[str, list[float]]] = {}
+        if not self.classes:
+            return metrics, per_class
+        classes = torch.cat(self.classes)
+        for name, values in self.scores.items():
+            per_class[name] = {}
+            for key in ("pointing_game", "energy_pointing_game"):
+                each, overall = heatmaps.per_class_mean(torch.cat(values[key]), classes, self.num_classes)
+                metrics[f"attribution/{name}/{key}"] = float(overall)
+                per_class[name][key] = each.tolist()
+            for key in ("deletion_auc", "insertion_auc"):
+                if values[key]:
+                    metrics[f"attribution/{name}/{key}"] = float(torch.cat(values[key]).mean())
+        return metrics, per_class
