@@ -12,7 +12,7 @@ _LAZY = {
     "MultisetEnv": "glimpse.env.multiset_env",
     "MultisetVectorEnv": "glimpse.env.multiset_env",
     "TaskSpec": "glimpse.env.multiset_env",
-    "rollout": "glimpse.env.rollout",
+    "rollout": "glimpse.env.run_policy",
 }
 
 __all__ = ["register_envs", *_LAZY]

@@ -144,6 +144,24 @@ def make_task(
     )
 
 
+def cell_centres(locations: Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+    """Pixel centres ``(..., 2)`` as (x, y) of flat cell indices of a ``grid`` laid over an image."""
+    rows, cols = grid
+    row, col = cell_coordinates(locations, cols).unbind(-1)
+    return torch.stack([(col + 0.5) * image_hw[1] / cols, (row + 0.5) * image_hw[0] / rows], -1)
+
+
+def locations_at(centres: Tensor, task: TaskSpec) -> Tensor:
+    """The env's location actions for pixel centres ``(..., 2)``: the cell holding each, or (x, y) in [0, 1]."""
+    _, h, w = task.image_shape
+    if task.location == "continuous":
+        return (centres / torch.tensor([w, h], dtype=centres.dtype, device=centres.device)).clamp(0, 1)
+    rows, cols = task.grid
+    row = (centres[..., 1] * rows / h).floor().long().clamp(0, rows - 1)
+    col = (centres[..., 0] * cols / w).floor().long().clamp(0, cols - 1)
+    return row * cols + col
+
+
 def read_item(dataset, index: int) -> dict[str, Tensor]:
     """One dataset item as the env uses it: image, counts, labels and boxes (empty if absent)."""
     item = dataset[index]
@@ -268,9 +286,7 @@ class EpisodeBatch:
         _, h, w = self.task.image_shape
         if self.task.location == "continuous":
             return location * torch.tensor([w, h], dtype=torch.float32, device=self.device)
-        rows, cols = self.task.grid
-        row, col = cell_coordinates(location, cols).unbind(-1)
-        return torch.stack([(col + 0.5) * w / cols, (row + 0.5) * h / rows], -1)
+        return cell_centres(location, self.task.grid, (h, w))
 
     def step(self, location: Tensor, decision: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Glimpse at ``location`` and apply ``decision`` in every row: (reward, terminated, truncated)."""
