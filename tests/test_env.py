@@ -260,3 +260,29 @@ def test_rollout_checks_budget_and_classes():
         rollout(module, gymnasium.make("glimpse/Multiset-v0", dataset=data, class_names=list("abcdefghij")))
     with pytest.raises(TypeError, match="GlimpseModule"):
         rollout(object(), gymnasium.make("glimpse/Multiset-v0", dataset=data))
+
+
+@pytest.mark.slow
+def test_rollout_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
+    """train.py experiment=smoke, then evaluate.py's metrics.json against the env rollout on the same test images."""
+    import json
+    import os
+    from pathlib import Path
+
+    from glimpse.module import load_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for script, *overrides in (
+        ("train.py", "experiment=smoke", "logger=none", "test=false", f"paths.output_dir={tmp_path / 'train'}"),
+        ("evaluate.py", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "data.test_size=64",
+         "data.num_workers=0", f"paths.output_dir={tmp_path / 'eval'}"),
+    ):
+        subprocess.run([sys.executable, str(root / script), *overrides], cwd=root, env=env, check=True,
+                       capture_output=True, timeout=900)
+    expected = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    module = load_checkpoint(str(tmp_path / "train" / "checkpoints" / "last.ckpt"))
+    envs = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=32, dataset=MultisetMNIST(split="test", size=64, seed=0))
+    result = rollout(module, envs, indices=list(range(64)))
+    for key, value in result["metrics"].items():
+        assert value == pytest.approx(expected[key], abs=1e-6), key

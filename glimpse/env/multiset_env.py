@@ -182,7 +182,7 @@ def read_item(dataset, index: int) -> dict[str, Tensor]:
 class EpisodeBatch:
     """B episodes as batched tensors, and the one implementation of reset and step.
 
-    State updates are out of place, so arrays handed out earlier never change under the user.
+    The envs hand out copies (``_numpy``), so the state can be updated in place.
     """
 
     def __init__(self, task: TaskSpec, dataset, batch: int, device: str | torch.device = "cpu") -> None:
@@ -232,22 +232,17 @@ class EpisodeBatch:
             raise ValueError(f"images of items {list(map(int, indices))} span {image.min():.3g}..{image.max():.3g}, "
                              f"outside image_bounds=({low}, {high}); pass image_bounds that hold the data's pixels")
         counts = torch.stack([it["counts"] for it in items]).to(self.device)
-        p = task.glimpse_size
-        padded = torch.nn.functional.pad(image, (p, p, p, p), value=task.fill)
         rows = rows.to(self.device)
-        put = lambda old, new: old.index_put((rows,), new.to(old.device, old.dtype))  # noqa: E731 -- out of place
-        self.index = put(self.index, torch.as_tensor(list(map(int, indices))))
-        self.padded = put(self.padded, padded)
-        self.targets = put(self.targets, counts)
-        self.remaining = put(self.remaining, counts)
-        self.emitted = put(self.emitted, torch.zeros_like(counts))
-        self.steps = put(self.steps, torch.zeros(len(items)))
-        self.glimpse = put(self.glimpse, torch.full_like(self.glimpse[: len(items)], task.fill))
-        self.centre = put(self.centre, torch.zeros(len(items), 2))
-        self.correct = put(self.correct, torch.zeros(len(items), dtype=torch.bool))
-        self.seen = put(self.seen, torch.zeros_like(self.seen[: len(items)]))
-        self.boxes = put(self.boxes, torch.stack([it["boxes"] for it in items]))
-        self.box_labels = put(self.box_labels, torch.stack([it["labels"] for it in items]))
+        p = task.glimpse_size
+        self.padded[rows, :, p:-p, p:-p] = image  # the margins keep the fill value
+        self.index[rows] = torch.as_tensor([int(i) for i in indices], device=self.device)
+        self.targets[rows] = counts
+        self.remaining[rows] = counts
+        self.boxes[rows] = torch.stack([it["boxes"] for it in items]).to(self.device)
+        self.box_labels[rows] = torch.stack([it["labels"] for it in items]).to(self.device)
+        for state in (self.emitted, self.steps, self.centre, self.correct, self.seen):
+            state[rows] = 0
+        self.glimpse[rows] = task.fill
 
     # -- step -------------------------------------------------------------------------------------
     def parse_actions(self, action: Any) -> tuple[Tensor, Tensor]:
@@ -265,19 +260,19 @@ class EpisodeBatch:
                                  f"(batch {self.batch}) as in env.action_space")
             parsed[key] = value.reshape(want).to(self.device)
         location, decision = parsed["location"], parsed["decision"]
-        space = task.action_space()
+        space = task.action_space  # named in the errors only
         if decision.is_floating_point() or decision.dtype == torch.bool or not bool(((decision >= 0) & (decision <= task.look)).all()):
-            raise ValueError(f"action['decision']={decision.tolist()} is outside {space['decision']}: "
+            raise ValueError(f"action['decision']={decision.tolist()} is outside {space()['decision']}: "
                              f"integers {task.decision_help()}")
         if task.location == "discrete":
             cells = task.grid[0] * task.grid[1]
             if location.is_floating_point() or location.dtype == torch.bool or not bool(((location >= 0) & (location < cells)).all()):
-                raise ValueError(f"action['location']={location.tolist()} is outside {space['location']}: "
+                raise ValueError(f"action['location']={location.tolist()} is outside {space()['location']}: "
                                  f"an integer cell 0..{cells - 1} of the {task.grid[0]}x{task.grid[1]} grid, row-major")
         else:
             location = location.float()
             if not bool(((location >= 0) & (location <= 1)).all()):
-                raise ValueError(f"action['location']={location.tolist()} is outside {space['location']}: "
+                raise ValueError(f"action['location']={location.tolist()} is outside {space()['location']}: "
                                  f"(x, y) as fractions of the image width and height, each in [0, 1]")
         return location, decision.long()
 
@@ -328,12 +323,9 @@ class EpisodeBatch:
         }
 
 
-def _numpy(tensors: dict[str, Tensor], copy: bool) -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in tensors.items():
-        array = value.detach().cpu().numpy()
-        out[key] = array.copy() if copy and value.device.type == "cpu" else array
-    return out
+def _numpy(tensors: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """Numpy copies: what an env returns never changes when its state does."""
+    return {key: value.detach().cpu().numpy().copy() for key, value in tensors.items()}
 
 
 class MultisetEnv(gymnasium.Env):
@@ -381,12 +373,12 @@ class MultisetEnv(gymnasium.Env):
         return self._observation(), float(reward), bool(terminated), bool(truncated), self._info()
 
     def _observation(self) -> dict[str, Any]:
-        obs = _numpy({k: v[0] for k, v in self.episodes.observation().items()}, copy=True)
+        obs = _numpy({k: v[0] for k, v in self.episodes.observation().items()})
         obs["step"] = np.int64(obs["step"])
         return obs
 
     def _info(self) -> dict[str, Any]:
-        info = _numpy({k: v[0] for k, v in self.episodes.info().items()}, copy=True)
+        info = _numpy({k: v[0] for k, v in self.episodes.info().items()})
         info["index"], info["correct"] = int(info["index"]), bool(info["correct"])
         return info
 
@@ -411,14 +403,12 @@ class MultisetVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, dataset=None, device: str | torch.device = "cpu", copy: bool = True,
-                 **task_kwargs) -> None:
+    def __init__(self, num_envs: int = 1, dataset=None, device: str | torch.device = "cpu", **task_kwargs) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs} must be >= 1")
         self.task = make_task(dataset, **task_kwargs)
         self.dataset = dataset
         self.num_envs = num_envs
-        self.copy = copy
         self.single_observation_space = self.task.observation_space()
         self.single_action_space = self.task.action_space()
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -464,10 +454,10 @@ class MultisetVectorEnv(VectorEnv):
                 self._info())
 
     def _observation(self) -> dict[str, np.ndarray]:
-        return _numpy(self.episodes.observation(), self.copy)
+        return _numpy(self.episodes.observation())
 
     def _info(self) -> dict[str, np.ndarray]:
-        info = _numpy(self.episodes.info(), self.copy)
+        info = _numpy(self.episodes.info())
         every = np.ones(self.num_envs, dtype=np.bool_)
         return {**info, **{f"_{key}": every for key in info}}
 
