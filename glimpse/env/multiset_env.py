@@ -218,23 +218,23 @@ class EpisodeBatch:
         """Start new episodes in ``rows`` on the dataset items ``indices``."""
         items = [read_item(self.dataset, int(i)) for i in indices]  # the Dataset API is per item
         task = self.task
-        for i, item in zip(indices, items):
-            if tuple(item["image"].shape) != task.image_shape or item["counts"].shape[0] != task.num_classes \
+        low, high = task.image_bounds
+        p = task.glimpse_size
+        rows = rows.to(self.device)
+        for i, row, item in zip(indices, rows.tolist(), items):  # per item: small copies, no thread pool
+            image = item["image"]
+            if tuple(image.shape) != task.image_shape or item["counts"].shape[0] != task.num_classes \
                     or item["boxes"].shape[0] != task.max_objects:
                 raise ValueError(
-                    f"dataset item {int(i)} has image {tuple(item['image'].shape)}, {item['counts'].shape[0]} counts and "
+                    f"dataset item {int(i)} has image {tuple(image.shape)}, {item['counts'].shape[0]} counts and "
                     f"{item['boxes'].shape[0]} boxes; the env was built for {task.image_shape}, {task.num_classes} and "
                     f"{task.max_objects} (item 0): all items must share these shapes (pad boxes and labels)"
                 )
-        image = torch.stack([it["image"] for it in items]).to(self.device)
-        low, high = task.image_bounds
-        if image.min() < low or image.max() > high:
-            raise ValueError(f"images of items {list(map(int, indices))} span {image.min():.3g}..{image.max():.3g}, "
-                             f"outside image_bounds=({low}, {high}); pass image_bounds that hold the data's pixels")
+            if image.min() < low or image.max() > high:
+                raise ValueError(f"the image of item {int(i)} spans {image.min():.3g}..{image.max():.3g}, outside "
+                                 f"image_bounds=({low}, {high}); pass image_bounds that hold the data's pixels")
+            self.padded[row, :, p:-p, p:-p] = image  # the margins keep the fill value
         counts = torch.stack([it["counts"] for it in items]).to(self.device)
-        rows = rows.to(self.device)
-        p = task.glimpse_size
-        self.padded[rows, :, p:-p, p:-p] = image  # the margins keep the fill value
         self.index[rows] = torch.as_tensor([int(i) for i in indices], device=self.device)
         self.targets[rows] = counts
         self.remaining[rows] = counts
