@@ -146,6 +146,10 @@ def test_bad_continuous_location_and_bad_data():
         gymnasium.make("glimpse/Multiset-v0", dataset=[tiny_item()], image_bounds=(0.0, 0.5)).reset(seed=0)
     with pytest.raises(ValueError, match="location="):
         gymnasium.make("glimpse/Multiset-v0", dataset=[tiny_item()], location="polar")
+    with pytest.raises(ValueError, match="Multiset-v0"):
+        gymnasium.make("glimpse/MultisetMNIST-v0", dataset=[tiny_item()])
+    with pytest.raises(ValueError, match="index"):
+        gymnasium.make("glimpse/Multiset-v0", dataset=[tiny_item()]).reset(options={"index": 1})
 
 
 @pytest.fixture(scope="module")
