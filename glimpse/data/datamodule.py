@@ -9,6 +9,13 @@ from torch.utils.data import DataLoader
 from glimpse.data.multiset_mnist import MultisetMNIST
 
 
+def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader whose training order comes from a generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
 class MultisetMNISTDataModule(pl.LightningDataModule):
     """Train / val / test MultisetMNIST canvases; the canvas arguments pass through unchanged.
 
@@ -63,13 +70,4 @@ class MultisetMNISTDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return seeded_loader(self.datasets[split], self.batch_size, shuffle, self.seed, self.num_workers, self.pin_memory)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from glimpse.data.coco import read_coco
+from glimpse.data.datamodule import seeded_loader
 from glimpse.data.detection import Annotations, DetectionDataset, ImageRecord, select_objects
 from glimpse.data.voc import read_voc
 
@@ -112,14 +112,11 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """The train order comes from a generator seeded by ``seed``, as for Multiset-MNIST."""
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        return seeded_loader(self.datasets[split], self.batch_size, shuffle, self.seed, self.num_workers, self.pin_memory)
 
     def read_splits(self) -> dict[str, Annotations | None]:
         """Annotations of "train", and of "val" / "test" where the config gives their files."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must say how its splits are read (see CocoDataModule, VOCDataModule)")
 
     @staticmethod
     def _class_names(train: Annotations, classes: Sequence[str] | None) -> list[str]:

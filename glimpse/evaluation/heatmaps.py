@@ -107,12 +107,17 @@ def blur(images: Tensor, sigma: float = 5.0) -> Tensor:
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def _chunked(score: Callable[[Tensor, Tensor], Tensor], images: Tensor, rows: Tensor, chunk: int) -> Tensor:
+    """``score`` over ``images`` and their target ``rows``, ``chunk`` images at a time."""
+    return torch.cat([score(images[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+
+
 def perturbation_endpoints(score: Callable[[Tensor, Tensor], Tensor], images: Tensor, chunk: int = 256) -> dict[str, Tensor]:
     """Scores ``(N,)`` of the images every method's curves share: the original, the deleted
     (all zeros) and the blurred image. Compute once, pass to every :func:`perturbation_auc`."""
     rows = torch.arange(images.shape[0], device=images.device)
-    run = lambda x: torch.cat([score(x[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])  # noqa: E731
-    return {"original": run(images), "zeros": run(torch.zeros_like(images)), "blurred": run(blur(images))}
+    return {name: _chunked(score, x, rows, chunk)
+            for name, x in (("original", images), ("zeros", torch.zeros_like(images)), ("blurred", blur(images)))}
 
 
 def perturbation_auc(
@@ -149,7 +154,7 @@ def perturbation_auc(
             values = [torch.where(rank < torch.round(f * h * w), end, start) for f in inner]
             stacked = torch.stack(values, 1).flatten(0, 1)  # (N * (steps-1), C, H, W), target-major
             rows = torch.arange(n, device=images.device).repeat_interleave(len(inner))
-            probs = torch.cat([score(stacked[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
+            probs = _chunked(score, stacked, rows, chunk)
             curve = torch.cat([first, probs.view(n, len(inner)), last], 1)
         else:
             curve = torch.cat([first, last], 1)

@@ -27,6 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from glimpse import multiset
+from glimpse.evaluation.heatmaps import box_masks
 from glimpse.models.attention import cell_centres
 
 KEYS = ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box")
@@ -62,17 +63,19 @@ def claim_hits(centres: Tensor, labels: Tensor, eligible: Tensor, boxes: Tensor,
 
 
 def class_cover(boxes: Tensor, box_labels: Tensor, labels: Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
-    """Share ``(B, T, h*w)`` of each cell inside the union of the boxes of class ``labels (B, T)``."""
+    """Share ``(B, T, h*w)`` of each cell inside the union of the boxes of class ``labels (B, T)``.
+
+    The boxes are rasterised at ``_SUBSAMPLES`` points per cell side (by
+    :func:`heatmaps.box_masks` on the boxes rescaled to that raster), then averaged per cell.
+    """
     h, w = grid
     s = _SUBSAMPLES
-    ys = (torch.arange(h * s, device=boxes.device, dtype=boxes.dtype) + 0.5) * image_hw[0] / (h * s)
-    xs = (torch.arange(w * s, device=boxes.device, dtype=boxes.dtype) + 0.5) * image_hw[1] / (w * s)
-    in_y = (ys >= boxes[..., 1, None]) & (ys < boxes[..., 3, None])  # (B, N, H')
-    in_x = (xs >= boxes[..., 0, None]) & (xs < boxes[..., 2, None])  # (B, N, W')
-    raster = (in_y[..., :, None] & in_x[..., None, :]).flatten(-2).float()  # (B, N, H'W')
-    same = ((box_labels[:, None, :] == labels[:, :, None]) & (box_labels[:, None, :] >= 0)).float()  # (B, T, N)
-    union = (same @ raster).clamp(max=1)  # (B, T, H'W'): overlapping boxes of a class counted once
-    return union.unflatten(-1, (h, s, w, s)).mean((-3, -1)).flatten(-2)
+    scale = boxes.new_tensor([w * s / image_hw[1], h * s / image_hw[0]]).repeat(2)
+    steps = labels.shape[1]
+    same = (box_labels[:, None, :] == labels[:, :, None]) & (box_labels[:, None, :] >= 0)  # (B, T, N)
+    scaled = (boxes * scale)[:, None].expand(-1, steps, -1, -1).flatten(0, 1)  # (B*T, N, 4)
+    union = box_masks(scaled, same.flatten(0, 1), (h * s, w * s)).float()  # (B*T, h*s, w*s)
+    return union.unflatten(-1, (w, s)).unflatten(-3, (h, s)).mean((-3, -1)).flatten(-2).view(*labels.shape, h * w)
 
 
 def baseline_episode(episode, kind: str, attention, generator: torch.Generator | None = None):
@@ -167,13 +170,11 @@ class LocalisationMetrics(Metric):
         out = {
             f"{p}glimpse_hit_rate": ratio(self.hits.sum(), self.scored.sum()),
             f"{p}object_coverage": ratio(self.covered, self.objects),
-            f"{p}attention_energy_in_box": torch.where(self.emitted.sum() > 0, self.energy.sum() / self.emitted.sum().clamp(min=1e-12), nan),
+            f"{p}attention_energy_in_box": ratio(self.energy.sum(), self.emitted.sum()),
         }
         for t in range(self.max_steps):
             out[f"{p}glimpse_hit_rate/step_{t}"] = ratio(self.hits[t], self.scored[t])
-            out[f"{p}attention_energy_in_box/step_{t}"] = torch.where(
-                self.emitted[t] > 0, self.energy[t] / self.emitted[t].clamp(min=1e-12), nan
-            )
+            out[f"{p}attention_energy_in_box/step_{t}"] = ratio(self.energy[t], self.emitted[t])
         return {k: v.float() for k, v in out.items()}
 
 

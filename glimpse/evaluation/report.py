@@ -5,15 +5,16 @@ from pathlib import Path
 
 import torch
 
+from glimpse import multiset
 from glimpse.attribution.render import render_episodes
 from glimpse.evaluation.heatmap_eval import HeatmapEvaluation
 
 
 @torch.no_grad()
-def render_examples(model, datamodule, split: str, output_dir: str | Path, count: int = 8) -> Path:
-    """Draw the first ``count`` images of the split with their greedy trajectories."""
+def render_indices(model, datamodule, split: str, indices: list[int], path: Path) -> Path:
+    """Draw the split's images at ``indices`` with their greedy trajectories into ``path``."""
     dataset = datamodule.datasets[split]
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(count, len(dataset)))])
+    batch = torch.utils.data.default_collate([dataset[i] for i in indices])
     was_training = model.training
     model.eval()
     try:
@@ -23,7 +24,13 @@ def render_examples(model, datamodule, split: str, output_dir: str | Path, count
     finally:
         model.train(was_training)
     return render_episodes(images, episode, batch["boxes"], batch["labels"], batch["counts"], predicted.cpu(),
-                           model.class_names, Path(output_dir) / "trajectories.png")
+                           model.class_names, path)
+
+
+def render_examples(model, datamodule, split: str, output_dir: str | Path, count: int = 8) -> Path:
+    """Draw the first ``count`` images of the split with their greedy trajectories."""
+    indices = list(range(min(count, len(datamodule.datasets[split]))))
+    return render_indices(model, datamodule, split, indices, Path(output_dir) / "trajectories.png")
 
 
 @torch.no_grad()
@@ -54,7 +61,7 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
             inter += both.sum(0).cpu()
             predicted_total += predicted.sum(0).cpu()
             target_total += counts.sum(0).cpu()
-            overlap = both.sum(-1).double()
+            overlap = multiset.intersection_size(predicted, counts).double()
             size = (predicted.sum(-1) + counts.sum(-1)).double()
             image_f1.append(torch.where(size > 0, 2 * overlap / size.clamp(min=1), torch.ones_like(size)).cpu())
             if methods:
@@ -73,22 +80,10 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
             "image_f1": torch.cat(image_f1) if image_f1 else torch.zeros(0)}
 
 
-@torch.no_grad()
 def render_worst(model, datamodule, split: str, image_f1: torch.Tensor, output_dir: str | Path, count: int = 8) -> Path:
     """Trajectories and saliency maps of the ``count`` images with the lowest F1."""
-    dataset = datamodule.datasets[split]
-    order = torch.sort(image_f1, stable=True).indices[:count].tolist()
-    batch = torch.utils.data.default_collate([dataset[i] for i in order])
-    was_training = model.training
-    model.eval()
-    try:
-        images = batch["image"].to(model.device)
-        episode = model.predict_episode(images)
-        predicted = model.predicted_counts(episode)
-    finally:
-        model.train(was_training)
-    return render_episodes(images, episode, batch["boxes"], batch["labels"], batch["counts"], predicted.cpu(),
-                           model.class_names, Path(output_dir) / "worst.png")
+    indices = torch.sort(image_f1, stable=True).indices[:count].tolist()
+    return render_indices(model, datamodule, split, indices, Path(output_dir) / "worst.png")
 
 
 def plot_steps(metrics: dict[str, float], output_dir: str | Path) -> Path | None:
