@@ -11,8 +11,8 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from glimpse.evaluation.heatmap_eval import BUILTIN
-from glimpse.evaluation.report import plot_steps, render_examples, render_worst, score_split, write_report
+from glimpse.evaluation.heatmap_eval import resolve_methods
+from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.module import load_checkpoint
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
@@ -24,10 +24,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not known; choose test or val")
     pl.seed_everything(cfg.seed, workers=True)
-    unknown = sorted(set(cfg.heatmaps.methods) - set(BUILTIN))
-    if unknown:
-        raise ConfigError(f"heatmaps.methods has unknown methods {unknown}; choose from {sorted(BUILTIN)}")
-    methods = {name: BUILTIN[name] for name in cfg.heatmaps.methods}
+    methods = resolve_methods(cfg.heatmaps.methods)
     if cfg.heatmaps.perturbation_steps < 1:
         raise ConfigError(f"heatmaps.perturbation_steps={cfg.heatmaps.perturbation_steps} must be >= 1")
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
@@ -52,6 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             metrics, out, ckpt_path=ckpt_path, split=cfg.split, pictures=[render_examples(model, datamodule, cfg.split, out)],
             class_names=model.class_names, per_class=scored["per_class"], heatmaps_per_class=scored["heatmaps_per_class"],
             steps_plot=plot_steps(metrics, out), worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out),
+            cis=intervals(scored["per_image"]),
         )
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)
     return metrics

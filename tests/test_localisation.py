@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from glimpse.evaluation.localisation import LocalisationMetrics, baseline_episode, claim_hits, class_cover
+from glimpse.evaluation.localisation import LocalisationMetrics, baseline_episode, claim_hits, class_cover, localisation_scores
+from glimpse.evaluation.metrics import bootstrap_interval
 from glimpse.models.attention import GaussianMixtureAttention
 from glimpse.models.policy import Episode
 
@@ -95,3 +96,27 @@ def test_an_image_without_objects_is_scored_not_skipped():
     multiset_metric = MultisetMetrics()
     multiset_metric.update(torch.zeros(1, K, dtype=torch.long), empty_counts)
     assert multiset_metric.compute()["multiset/exact_match"].item() == 1.0  # right to stop at once: counted
+
+
+def test_per_image_scores_sum_to_the_metric():
+    ep = episode([3, 3, 5, STOP], [0, 0, 2, 3], [one_hot(0), [0.5, 0.0, 0.0, 0.5], one_hot(2), one_hot(3)])
+    scores = localisation_scores(ep, COUNTS, BOXES, BOX_LABELS, (100, 100))
+    assert scores["hits"].tolist() == [[True, False, True, False]]  # the second 3 finds its box claimed
+    assert scores["scored"].tolist() == [[True, True, True, False]]
+    assert scores["covered"].tolist() == [2] and scores["objects"].tolist() == [3]
+    assert torch.allclose(scores["energy"], torch.tensor([[1.0, 0.5, 1.0, 0.0]]))
+
+
+def test_bootstrap_interval_of_a_ratio_of_sums():
+    # a constant per-image ratio has no spread, whatever the resample
+    low, high = bootstrap_interval(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 4.0, 6.0, 8.0]))
+    assert math.isclose(low, 0.5) and math.isclose(high, 0.5)
+    # 60 hits in 100 images: the interval holds 0.6, is about +-0.1 wide, and is repeatable
+    hits = torch.tensor([1.0] * 60 + [0.0] * 40)
+    low, high = bootstrap_interval(hits, torch.ones(100))
+    assert 0.48 < low < 0.6 < high < 0.72
+    assert (low, high) == bootstrap_interval(hits, torch.ones(100))
+    # images with nothing to score weigh nothing: the micro average, not the mean of per-image rates
+    low, high = bootstrap_interval(torch.tensor([3.0, 0.0, 1.0]), torch.tensor([3.0, 0.0, 1.0]))
+    assert low == high == 1.0
+    assert all(math.isnan(v) for v in bootstrap_interval(torch.tensor([1.0]), torch.tensor([1.0])))

@@ -36,6 +36,8 @@ def test_smoke_experiment_writes_checkpoint_metrics_and_wandb_run(smoke_run):
         for key in ("exact_match", "precision", "recall", "f1"):
             value = metrics[f"{split}/multiset/{key}"]
             assert 0.0 <= value <= 1.0
+    for key in ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc"):  # HeatmapMetrics callback
+        assert 0.0 <= metrics[f"val/attribution/saliency_map/{key}"] <= 1.0
     assert list((out / "wandb").glob("offline-run-*")), "the offline W&B run is kept under the output dir"
     assert "epoch 1 | step" in proc.stdout  # the one-line summary per epoch
 
@@ -43,7 +45,7 @@ def test_smoke_experiment_writes_checkpoint_metrics_and_wandb_run(smoke_run):
 def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
     out, _ = smoke_run
     run("evaluate.py", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "data.test_size=32", "data.num_workers=0",
-        f"paths.output_dir={tmp_path}")
+        f"paths.output_dir={tmp_path}", "logger=wandb")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) >= {"multiset/exact_match", "multiset/precision", "multiset/recall", "multiset/f1"}
     for who in ("", "random/", "saliency/"):  # the model and its two baselines
@@ -56,6 +58,13 @@ def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
     assert "## Per class" in report and "![worst](worst.png)" in report and "![steps](steps.png)" in report
     for picture in ("trajectories.png", "worst.png", "steps.png"):
         assert (tmp_path / picture).stat().st_size > 10_000
+    # each headline metric beside its bootstrap interval, which holds the value
+    row = next(line for line in report.splitlines() if line.startswith("| `multiset/f1`"))
+    value, interval = row.split("|")[2:4]
+    low, high = (float(x) for x in interval.split("–"))
+    assert low <= float(value) <= high
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and list(runs[0].glob("*.wandb")), "logger=wandb keeps the evaluation's numbers in an offline run"
 
 
 def test_csv_logger_and_reinforce_objective_without_logger(tmp_path):

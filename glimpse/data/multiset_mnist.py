@@ -73,6 +73,7 @@ class MultisetMNIST(Dataset):
         self._class_count = np.bincount(self.digit_labels, minlength=num_classes)
         self._class_start = np.concatenate([[0], np.cumsum(self._class_count)[:-1]])
         self._classes_present = np.flatnonzero(self._class_count)
+        self._digit_floats = self.digit_images.astype(np.float32)  # resized as float, once converted
         self._resize_weights = {
             s: bilinear_weights(DIGIT_SIZE, s) for s in range(min_digit_size, max_digit_size + 1)
         }
@@ -124,12 +125,13 @@ class MultisetMNIST(Dataset):
         labels[:num_objects] = self.digit_labels[digit_ids]
         counts = np.bincount(labels[:num_objects], minlength=self.num_classes)
         return {
-            "image": torch.from_numpy(canvas).unsqueeze(0).float().div_(255.0),  # [1, H, W]
+            # float32 division in numpy: the same values as torch's div_, at a third of the cost
+            "image": torch.from_numpy(np.divide(canvas[None], np.float32(255.0), dtype=np.float32)),  # [1, H, W]
             "counts": torch.from_numpy(counts.astype(np.int64)),
             "labels": torch.from_numpy(labels),
             "boxes": torch.from_numpy(boxes),
-            "num_objects": torch.tensor(num_objects, dtype=torch.int64),
-            "index": torch.tensor(index, dtype=torch.int64),
+            "num_objects": torch.from_numpy(np.array(num_objects, dtype=np.int64)),
+            "index": torch.from_numpy(np.array(index, dtype=np.int64)),
         }
 
     def _validate(self) -> None:
@@ -199,8 +201,7 @@ class MultisetMNIST(Dataset):
     def _resized(self, digit_id: int, size: int) -> np.ndarray:
         """One pool digit resized bilinearly to size x size (uint8): W @ digit @ W^T."""
         weights = self._resize_weights[size]  # [size, 28]
-        digit = self.digit_images[digit_id].astype(np.float32)  # [28, 28]
-        return (weights @ digit @ weights.T + 0.5).astype(np.uint8)  # convex weights: <= 255
+        return (weights @ self._digit_floats[digit_id] @ weights.T + 0.5).astype(np.uint8)  # convex weights: <= 255
 
     def _add_clutter(self, canvas: np.ndarray, rng: np.random.Generator) -> None:
         """Paste `clutter` crops of random pool digits into distinct cells of the clutter grid."""

@@ -221,7 +221,7 @@ class EpisodeBatch:
         low, high = task.image_bounds
         p = task.glimpse_size
         rows = rows.to(self.device)
-        for i, row, item in zip(indices, rows.tolist(), items):  # per item: small copies, no thread pool
+        for i, item in zip(indices, items):
             image = item["image"]
             if tuple(image.shape) != task.image_shape or item["counts"].shape[0] != task.num_classes \
                     or item["boxes"].shape[0] != task.max_objects:
@@ -230,10 +230,14 @@ class EpisodeBatch:
                     f"{item['boxes'].shape[0]} boxes; the env was built for {task.image_shape}, {task.num_classes} and "
                     f"{task.max_objects} (item 0): all items must share these shapes (pad boxes and labels)"
                 )
-            if image.min() < low or image.max() > high:
-                raise ValueError(f"the image of item {int(i)} spans {image.min():.3g}..{image.max():.3g}, outside "
-                                 f"image_bounds=({low}, {high}); pass image_bounds that hold the data's pixels")
-            self.padded[row, :, p:-p, p:-p] = image  # the margins keep the fill value
+        images = torch.stack([it["image"] for it in items])
+        lowest, highest = images.flatten(1).aminmax(dim=1)  # one pass over all new images
+        outside = ((lowest < low) | (highest > high)).nonzero()
+        if len(outside):
+            j = int(outside[0])
+            raise ValueError(f"the image of item {int(indices[j])} spans {lowest[j]:.3g}..{highest[j]:.3g}, outside "
+                             f"image_bounds=({low}, {high}); pass image_bounds that hold the data's pixels")
+        self.padded[rows, :, p:-p, p:-p] = images.to(self.device)  # the margins keep the fill value
         counts = torch.stack([it["counts"] for it in items]).to(self.device)
         self.index[rows] = torch.as_tensor([int(i) for i in indices], device=self.device)
         self.targets[rows] = counts

@@ -33,6 +33,15 @@ def saliency_map_method(model, images: Tensor, episode: Episode, targets: Tensor
 BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}
 
 
+def resolve_methods(names, key: str = "heatmaps.methods") -> dict[str, Method]:
+    """The methods named in a config, or a ValueError naming the config key and the known names."""
+    names = list(names)
+    unknown = sorted(set(names) - set(BUILTIN))
+    if unknown:
+        raise ValueError(f"{key} has unknown methods {unknown}; choose from {sorted(BUILTIN)}")
+    return {name: BUILTIN[name] for name in names}
+
+
 def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
     """``(N, 3)`` rows of (image, step, class) for every emitted label that was right."""
     played = multiset.rollout(counts, episode.labels)

@@ -116,6 +116,34 @@ def step_centres(episode, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     return every[:, :, -1], every
 
 
+def localisation_scores(episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> dict[str, Tensor]:
+    """Per image and step, the numerators and denominators of the three localisation metrics.
+
+    ``hits``/``scored`` ``(B, T)``: right-label steps whose final glimpse claimed a box of
+    their class / right-label steps; ``energy``/``emitted`` ``(B, T)``: attention mass in the
+    emitted class's boxes (0 where no label was emitted) / label steps; ``covered``/``objects``
+    ``(B,)``: objects some glimpse landed in / objects. Summed over images they are the metrics;
+    kept per image they give bootstrap intervals.
+    """
+    labels = episode.labels
+    played = multiset.rollout(counts, labels)
+    emitted = played["alive"] & (labels < counts.shape[1])  # (B, T) steps that emitted a label
+    correct = played["correct"] & emitted
+    final, every = step_centres(episode, image_hw)
+    hits = claim_hits(final, labels, correct, boxes, box_labels)
+
+    valid = box_labels >= 0
+    landed = points_in_boxes(every.flatten(1, 2), boxes, valid)  # (B, T*k', N)
+    alive_points = played["alive"][:, :, None].expand(every.shape[:3]).flatten(1)  # (B, T*k')
+    covered = (landed & alive_points[:, :, None]).any(1) & valid
+
+    cover = class_cover(boxes, box_labels, labels.clamp(max=counts.shape[1] - 1), episode.grid, image_hw)
+    masks = episode.attention_masks
+    energy = (masks * cover).sum(-1) / masks.sum(-1).clamp(min=1e-12)  # (B, T)
+    return {"hits": hits, "scored": correct, "energy": energy * emitted, "emitted": emitted,
+            "covered": covered.sum(-1), "objects": valid.sum(-1)}
+
+
 class LocalisationMetrics(Metric):
     """Accumulates the three localisation metrics, per meta step and overall.
 
@@ -136,32 +164,16 @@ class LocalisationMetrics(Metric):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> None:  # type: ignore[override]
-        labels = episode.labels
-        steps = labels.shape[1]
+        steps = episode.labels.shape[1]
         if steps > self.max_steps:
             raise ValueError(f"episode has {steps} steps but the metric was built for max_steps={self.max_steps}")
-        played = multiset.rollout(counts, labels)
-        is_label = labels < counts.shape[1]
-        emitted = played["alive"] & is_label  # (B, T) steps that emitted a label
-        correct = played["correct"] & emitted
-        final, every = step_centres(episode, image_hw)
-        hit = claim_hits(final, labels, correct, boxes, box_labels)
-
-        valid = box_labels >= 0
-        landed = points_in_boxes(every.flatten(1, 2), boxes, valid)  # (B, T*k', N)
-        alive_points = played["alive"][:, :, None].expand(every.shape[:3]).flatten(1)  # (B, T*k')
-        covered = (landed & alive_points[:, :, None]).any(1) & valid
-
-        cover = class_cover(boxes, box_labels, labels.clamp(max=counts.shape[1] - 1), episode.grid, image_hw)
-        masks = episode.attention_masks
-        energy = (masks * cover).sum(-1) / masks.sum(-1).clamp(min=1e-12)  # (B, T)
-
-        self.hits[:steps] += hit.double().sum(0)
-        self.scored[:steps] += correct.double().sum(0)
-        self.energy[:steps] += (energy.double() * emitted).sum(0)
-        self.emitted[:steps] += emitted.double().sum(0)
-        self.covered += covered.double().sum()
-        self.objects += valid.double().sum()
+        scores = localisation_scores(episode, counts, boxes, box_labels, image_hw)
+        self.hits[:steps] += scores["hits"].double().sum(0)
+        self.scored[:steps] += scores["scored"].double().sum(0)
+        self.energy[:steps] += scores["energy"].double().sum(0)
+        self.emitted[:steps] += scores["emitted"].double().sum(0)
+        self.covered += scores["covered"].double().sum()
+        self.objects += scores["objects"].double().sum()
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.hits.device)

@@ -46,3 +46,32 @@ class MultisetMetrics(Metric):
             f"{p}recall": recall.float(),
             f"{p}f1": f1.float(),
         }
+
+
+def bootstrap_interval(numerator: Tensor, denominator: Tensor, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``sum(numerator) / sum(denominator)`` over images.
+
+    One entry per image, resampled in pairs (``scipy.stats.bootstrap``, paired, vectorised), so
+    a micro-averaged metric (a ratio of sums) keeps its own definition inside every resample.
+    Images with a zero denominator are left out (they add nothing to either sum); returns
+    ``(nan, nan)`` when fewer than two images are left.
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    num = numerator.detach().double().cpu().numpy()
+    den = denominator.detach().double().cpu().numpy()
+    if num.shape != den.shape or num.ndim != 1:
+        raise ValueError(f"numerator {num.shape} and denominator {den.shape} must be equal 1-d shapes (one per image)")
+    keep = den > 0  # an image with nothing to score adds nothing to either sum
+    if keep.sum() < 2:
+        return float("nan"), float("nan")
+    num, den = num[keep], den[keep]
+
+    def ratio(n, d, axis=-1):
+        return n.sum(axis) / d.sum(axis)
+
+    result = bootstrap((num, den), ratio, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
+                       confidence_level=0.95, rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(low), float(high)

@@ -8,6 +8,8 @@ import torch
 from glimpse import multiset
 from glimpse.attribution.render import render_episodes
 from glimpse.evaluation.heatmap_eval import HeatmapEvaluation
+from glimpse.evaluation.localisation import localisation_scores
+from glimpse.evaluation.metrics import bootstrap_interval
 
 
 @torch.no_grad()
@@ -36,9 +38,12 @@ def render_examples(model, datamodule, split: str, output_dir: str | Path, count
 @torch.no_grad()
 def score_split(model, datamodule, split: str, methods: dict, max_images: int | None = None,
                 perturbation_steps: int = 10) -> dict:
-    """One pass over the split: heatmap metrics per method, per-class multiset counts, per-image F1.
+    """One pass over the split: heatmap metrics per method (on the first ``max_images``), and
+    over every image the per-class multiset counts, per-image F1 and the per-image numerators
+    and denominators of the headline metrics, from which the report's bootstrap intervals come.
 
-    Returns ``{"metrics": {...}, "heatmaps_per_class": {...}, "per_class": {...}, "image_f1": Tensor}``.
+    Returns ``{"metrics", "heatmaps_per_class", "per_class", "image_f1", "per_image"}``;
+    ``per_image`` maps a metric key to ``(numerator, denominator)``, one entry per image.
     """
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     was_training = model.training
@@ -48,23 +53,32 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
     inter = torch.zeros(k, dtype=torch.long)
     predicted_total = torch.zeros(k, dtype=torch.long)
     target_total = torch.zeros(k, dtype=torch.long)
-    image_f1, seen = [], 0
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    seen = 0
+
+    def keep(key: str, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
+        parts.setdefault(key, []).append((numerator.double().cpu(), denominator.double().cpu()))
+
     try:
         for batch in loader:
-            if max_images is not None and seen >= max_images:
-                break
             batch = {key: v.to(model.device) if torch.is_tensor(v) else v for key, v in batch.items()}
             episode = model.predict_episode(batch["image"])
             predicted = model.predicted_counts(episode)
             counts = batch["counts"]
-            both = torch.minimum(predicted, counts)
-            inter += both.sum(0).cpu()
+            inter += torch.minimum(predicted, counts).sum(0).cpu()
             predicted_total += predicted.sum(0).cpu()
             target_total += counts.sum(0).cpu()
-            overlap = multiset.intersection_size(predicted, counts).double()
-            size = (predicted.sum(-1) + counts.sum(-1)).double()
-            image_f1.append(torch.where(size > 0, 2 * overlap / size.clamp(min=1), torch.ones_like(size)).cpu())
-            if methods:
+            overlap = multiset.intersection_size(predicted, counts)
+            keep("multiset/exact_match", (predicted == counts).all(-1), torch.ones_like(overlap))
+            keep("multiset/precision", overlap, predicted.sum(-1))
+            keep("multiset/recall", overlap, counts.sum(-1))
+            keep("multiset/f1", 2 * overlap, predicted.sum(-1) + counts.sum(-1))
+            if "boxes" in batch:
+                scores = localisation_scores(episode, counts, batch["boxes"], batch["labels"], tuple(batch["image"].shape[-2:]))
+                keep("localisation/glimpse_hit_rate", scores["hits"].sum(-1), scores["scored"].sum(-1))
+                keep("localisation/object_coverage", scores["covered"], scores["objects"])
+                keep("localisation/attention_energy_in_box", scores["energy"].sum(-1), scores["emitted"].sum(-1))
+            if methods and (max_images is None or seen < max_images):
                 with torch.enable_grad():
                     evaluation.update(model, batch, episode, methods)
             seen += counts.shape[0]
@@ -76,8 +90,16 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
         "recall": (inter.double() / target_total.clamp(min=1)).tolist(),
         "objects": target_total.tolist(),
     }
+    per_image = {key: tuple(torch.cat(column) for column in zip(*pairs)) for key, pairs in parts.items()}
+    num, den = per_image.get("multiset/f1", (torch.zeros(0), torch.zeros(0)))
+    image_f1 = torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(den))  # an empty image predicted empty scores 1
     return {"metrics": metrics, "heatmaps_per_class": heatmaps_per_class, "per_class": per_class,
-            "image_f1": torch.cat(image_f1) if image_f1 else torch.zeros(0)}
+            "image_f1": image_f1, "per_image": per_image}
+
+
+def intervals(per_image: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[float, float]]:
+    """95% bootstrap interval of each headline metric, resampling images."""
+    return {key: bootstrap_interval(num, den) for key, (num, den) in per_image.items()}
 
 
 def render_worst(model, datamodule, split: str, image_f1: torch.Tensor, output_dir: str | Path, count: int = 8) -> Path:
@@ -112,16 +134,20 @@ def plot_steps(metrics: dict[str, float], output_dir: str | Path) -> Path | None
     return path if drawn else None
 
 
-def _metric_table(metrics: dict[str, float]) -> str:
-    """Localisation metrics side by side with their baselines; the rest one per row."""
-    rows = ["| metric | model | random | saliency argmax |", "|---|---|---|---|"]
+def _metric_table(metrics: dict[str, float], cis: dict[str, tuple[float, float]] | None = None) -> str:
+    """Localisation metrics side by side with their baselines, the rest one per row; beside the
+    model's value its 95% bootstrap interval over images where one was computed."""
+    cis = cis or {}
+    rows = ["| metric | model | 95% interval | random | saliency argmax |", "|---|---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    ci = lambda k: f"{cis[k][0]:.4f} – {cis[k][1]:.4f}" if k in cis and cis[k][0] == cis[k][0] else ""  # noqa: E731
     for key in ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box"):
-        if f"localisation/{key}" in metrics:
-            rows.append(f"| `localisation/{key}` | {fmt(metrics.get(f'localisation/{key}'))} | "
+        name = f"localisation/{key}"
+        if name in metrics:
+            rows.append(f"| `{name}` | {fmt(metrics.get(name))} | {ci(name)} | "
                         f"{fmt(metrics.get(f'localisation/random/{key}'))} | {fmt(metrics.get(f'localisation/saliency/{key}'))} |")
     rest = [k for k in sorted(metrics) if not k.startswith("localisation/")]
-    rows += [f"| `{k}` | {metrics[k]:.4f} | | |" for k in rest]
+    rows += [f"| `{k}` | {metrics[k]:.4f} | {ci(k)} | | |" for k in rest]
     return "\n".join(rows)
 
 
@@ -139,7 +165,7 @@ def _class_table(class_names: list[str], per_class: dict, heatmaps_per_class: di
 def write_report(
     metrics: dict[str, float], output_dir: str | Path, ckpt_path: str, split: str, pictures: list[Path] = (),
     class_names: list[str] | None = None, per_class: dict | None = None, heatmaps_per_class: dict | None = None,
-    steps_plot: Path | None = None, worst: Path | None = None,
+    steps_plot: Path | None = None, worst: Path | None = None, cis: dict[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Write ``report.md``: metrics beside their baselines, per class, per step, examples, worst images."""
     path = Path(output_dir) / "report.md"
@@ -149,8 +175,10 @@ def write_report(
         "## Metrics\n\nLocalisation beside two baselines on the same images and labels: uniformly random "
         "glimpses, and the argmax of the model's initial saliency map with inhibition of return. Heatmap "
         "metrics (`attribution/<method>/...`): pointing game (15 px at 224 px, scaled to the image), energy "
-        "pointing game, deletion AUC (lower is better), insertion AUC (higher is better).\n",
-        _metric_table(metrics) + "\n",
+        "pointing game, deletion AUC (lower is better), insertion AUC (higher is better). The interval is a "
+        "95% percentile bootstrap over the split's images (1,000 resamples): a difference smaller than it is "
+        "not a win.\n",
+        _metric_table(metrics, cis) + "\n",
     ]
     if class_names and per_class:
         parts += ["## Per class\n", _class_table(class_names, per_class, heatmaps_per_class or {}) + "\n"]
