@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from glimpse.models.attention import GaussianMixtureAttention
-from glimpse.models.backbone import ConvBackbone
+from glimpse.models.attention import GaussianMixtureAttention, cell_centres
+from glimpse.models.backbone import ConvBackbone, ResNetBackbone
 from glimpse.models.policy import GlimpsePolicy
 from glimpse.objectives import GlimpseObjective
 
@@ -113,3 +113,26 @@ def test_bad_images_and_modes_raise_clear_errors():
         GaussianMixtureAttention((1.0, 9.0))
     with pytest.raises(ValueError, match="location_mode"):
         policy(torch.rand(2, 1, 48, 48), 2, location_mode="beam")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ConvBackbone(),
+    lambda: ResNetBackbone("resnet18", stages=3, in_channels=1),
+])
+def test_cell_centres_are_the_receptive_field_centres(make):
+    # the input pixels a cell's features depend on are centred where cell_centres puts the cell
+    torch.manual_seed(0)
+    backbone = make().eval()
+    size = 200 if isinstance(backbone, ConvBackbone) else 320  # cells far from the borders, which skew the centroid
+    image = torch.rand(1, backbone.in_channels, size, size, requires_grad=True)
+    features = backbone(image)
+    h, w = features.shape[-2:]
+    row, col = h // 2, w // 2 - 3
+    (grad,) = torch.autograd.grad(features[0, :, row, col].pow(2).sum(), image)
+    weight = grad.abs().sum((0, 1))
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    centroid = torch.stack([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
+    centre = cell_centres(torch.tensor(row * w + col), (h, w), (size, size), backbone.stride)
+    assert torch.allclose(centroid, centre, atol=1.0), (centroid, centre)
+    even = cell_centres(torch.tensor(row * w + col), (h, w), (size, size))  # the even split is off
+    assert (even - centroid).abs().max() > 1.5

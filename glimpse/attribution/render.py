@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from glimpse.models.attention import cell_centres
+from glimpse.models.attention import cell_centres, upsample_cells
 from glimpse.models.policy import Episode
 
 
@@ -46,8 +46,8 @@ def render_episodes(
     stop_index = len(class_names) if stop_index is None else stop_index
     hw = tuple(images.shape[-2:])
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.6), squeeze=False)
-    meta_xy = cell_centres(episode.meta_locations, episode.grid, hw).cpu().numpy()  # (B, T, 2)
-    glimpse_xy = cell_centres(episode.glimpse_locations, episode.grid, hw).cpu().numpy()  # (B, T, k, 2)
+    meta_xy = cell_centres(episode.meta_locations, episode.grid, hw, episode.cell_stride).cpu().numpy()  # (B, T, 2)
+    glimpse_xy = cell_centres(episode.glimpse_locations, episode.grid, hw, episode.cell_stride).cpu().numpy()  # (B, T, k, 2)
     colours = plt.get_cmap("tab10")
     for i in range(n):
         img = images[i].detach().float().cpu()
@@ -78,8 +78,7 @@ def render_episodes(
         top.set_title(f"true {_multiset_text(target_counts[i], class_names)}\n"
                       f"pred {_multiset_text(predicted_counts[i], class_names)}",
                       fontsize=7, color="black" if ok else "red")
-        sal = episode.saliency_map[i].detach().float().cpu()[None, None]
-        sal = torch.nn.functional.interpolate(sal, size=hw, mode="bilinear", align_corners=False)[0, 0]
+        sal = upsample_cells(episode.saliency_map[i : i + 1].detach().float().cpu(), hw, episode.cell_stride)[0]
         peak = float(sal.max())
         im = bottom.imshow((sal / peak if peak > 0 else sal).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         bottom.set_title("saliency map", fontsize=7)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from glimpse import multiset
 from glimpse.evaluation import heatmaps
+from glimpse.models.attention import upsample_cells
 from glimpse.models.policy import Episode
 
 Method = Callable[..., Tensor]  # (model, images, episode, targets) -> maps (N, H, W)
@@ -27,7 +27,7 @@ KEYS = ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc"
 def saliency_map_method(model, images: Tensor, episode: Episode, targets: Tensor) -> Tensor:
     """The model's density of the target class, upsampled to the image."""
     density = episode.class_density[targets[:, 0], targets[:, 2]]  # (N, h, w)
-    return F.interpolate(density[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return upsample_cells(density, tuple(images.shape[-2:]), episode.cell_stride)
 
 
 BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}

@@ -28,7 +28,7 @@ from torchmetrics import Metric
 
 from glimpse import multiset
 from glimpse.evaluation.heatmaps import box_masks
-from glimpse.models.attention import cell_centres
+from glimpse.models.attention import cell_centres, cell_geometry
 
 KEYS = ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box")
 _SUBSAMPLES = 8  # points per cell side used to measure how much of a cell a box covers
@@ -62,18 +62,22 @@ def claim_hits(centres: Tensor, labels: Tensor, eligible: Tensor, boxes: Tensor,
     return torch.stack(hits, 1)
 
 
-def class_cover(boxes: Tensor, box_labels: Tensor, labels: Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
+def class_cover(boxes: Tensor, box_labels: Tensor, labels: Tensor, grid: tuple[int, int], image_hw: tuple[int, int],
+                stride: int | None = None) -> Tensor:
     """Share ``(B, T, h*w)`` of each cell inside the union of the boxes of class ``labels (B, T)``.
 
-    The boxes are rasterised at ``_SUBSAMPLES`` points per cell side (by
-    :func:`heatmaps.box_masks` on the boxes rescaled to that raster), then averaged per cell.
+    A cell is the square of one cell spacing around its centre (:func:`cell_geometry`). The
+    boxes are rasterised at ``_SUBSAMPLES`` points per cell side (by :func:`heatmaps.box_masks`
+    on the boxes moved to that raster), then averaged per cell.
     """
     h, w = grid
     s = _SUBSAMPLES
-    scale = boxes.new_tensor([w * s / image_hw[1], h * s / image_hw[0]]).repeat(2)
+    origin, spacing = (v.to(boxes) for v in cell_geometry(grid, image_hw, stride))
+    corner = origin - spacing / 2  # top-left pixel corner of cell (0, 0)
     steps = labels.shape[1]
     same = (box_labels[:, None, :] == labels[:, :, None]) & (box_labels[:, None, :] >= 0)  # (B, T, N)
-    scaled = (boxes * scale)[:, None].expand(-1, steps, -1, -1).flatten(0, 1)  # (B*T, N, 4)
+    moved = (boxes - corner.repeat(2)) * (s / spacing).repeat(2)
+    scaled = moved[:, None].expand(-1, steps, -1, -1).flatten(0, 1)  # (B*T, N, 4)
     union = box_masks(scaled, same.flatten(0, 1), (h * s, w * s)).float()  # (B*T, h*s, w*s)
     return union.unflatten(-1, (w, s)).unflatten(-3, (h, s)).mean((-3, -1)).flatten(-2).view(*labels.shape, h * w)
 
@@ -112,7 +116,7 @@ def baseline_episode(episode, kind: str, attention, generator: torch.Generator |
 def step_centres(episode, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Pixel centres of the final glimpse of each step ``(B, T, 2)`` and of every glimpse ``(B, T, k', 2)``."""
     locations = episode.glimpse_locations if episode.glimpse_locations.shape[-1] else episode.meta_locations[..., None]
-    every = cell_centres(locations, episode.grid, image_hw)
+    every = cell_centres(locations, episode.grid, image_hw, episode.cell_stride)
     return every[:, :, -1], every
 
 
@@ -137,7 +141,7 @@ def localisation_scores(episode, counts: Tensor, boxes: Tensor, box_labels: Tens
     alive_points = played["alive"][:, :, None].expand(every.shape[:3]).flatten(1)  # (B, T*k')
     covered = (landed & alive_points[:, :, None]).any(1) & valid
 
-    cover = class_cover(boxes, box_labels, labels.clamp(max=counts.shape[1] - 1), episode.grid, image_hw)
+    cover = class_cover(boxes, box_labels, labels.clamp(max=counts.shape[1] - 1), episode.grid, image_hw, episode.cell_stride)
     masks = episode.attention_masks
     energy = (masks * cover).sum(-1) / masks.sum(-1).clamp(min=1e-12)  # (B, T)
     return {"hits": hits, "scored": correct, "energy": energy * emitted, "emitted": emitted,

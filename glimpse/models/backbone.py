@@ -7,6 +7,8 @@ map is learned from multiset labels alone (no boxes).
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -41,6 +43,8 @@ class ConvBackbone(nn.Module):
         self.features = nn.Sequential(*layers)
         self.in_channels = in_channels
         self.out_channels = prev
+        # padding = dilation keeps every 3x3 conv centred: cell j of the output looks at pixel stride * j
+        self.stride = math.prod(strides)
 
     def forward(self, image: Tensor) -> Tensor:
         if image.ndim != 4 or image.shape[1] != self.in_channels:
@@ -148,6 +152,7 @@ class ResNetBackbone(nn.Module):
         stage_modules = [getattr(net, f"layer{i}") for i in range(1, stages + 1)]
         self.features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *stage_modules)
         self.out_channels = [m for m in stage_modules[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        self.stride = 4 * 2 ** (stages - 1)  # conv1 and maxpool halve, then each stage after layer1
         self.in_channels = in_channels
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

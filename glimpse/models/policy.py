@@ -48,6 +48,7 @@ class Episode:
     values: Tensor  # (B, T) learned baseline of the step's reward, from detached state
     grid: tuple[int, int]  # (h, w)
     priority_maps: Tensor | None = None  # (B, T, k, h*w) logits, only when record=True
+    cell_stride: int | None = None  # pixels per cell of the backbone (cell j centred at pixel stride*j); None: even split
 
     def actions(self) -> dict[str, Tensor]:
         """The discrete decisions, for replaying the same episode (attribution, env)."""
@@ -248,4 +249,5 @@ class GlimpsePolicy(nn.Module):
             summary, prev_label = g0, label
 
         stacked = {key: torch.stack(values, 1) for key, values in rec.items()}
-        return Episode(saliency_map=saliency_map, class_density=class_density, grid=(height, width), **stacked)
+        return Episode(saliency_map=saliency_map, class_density=class_density, grid=(height, width),
+                       cell_stride=getattr(self.backbone, "stride", None), **stacked)

@@ -1,0 +1,72 @@
+"""What `python evaluate.py` costs on 2,000 Multiset-MNIST test images with every metric.
+
+Runs the real evaluate() (multiset and localisation metrics with both baselines, every
+heatmap method's pointing game, energy pointing game and deletion/insertion AUC, the
+bootstrap intervals, the report and its pictures) and, in the same run on the same images,
+the floor: one greedy rollout of the model over the split. Prints both, and their ratio
+(absolute times drift on a shared machine). Goal (issue 4): the whole evaluation in at most
+5 minutes on two CPU cores.
+
+    python benchmarks/evaluation.py CKPT [--images 2000] [--methods saliency_map ...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+
+def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from evaluate import evaluate
+    from glimpse.evaluation.heatmap_eval import BUILTIN
+    from glimpse.module import load_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--methods", nargs="*", default=sorted(BUILTIN))
+    args = parser.parse_args()
+
+    out = Path(tempfile.mkdtemp(prefix="glimpse-eval-bench-"))
+    overrides = [f"ckpt_path={args.ckpt}", f"data.test_size={args.images}", f"paths.output_dir={out}",
+                 f"heatmaps.methods=[{','.join(args.methods)}]", "logger=none", "hydra.run.dir=."]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides)
+
+    model = load_checkpoint(args.ckpt).eval()
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            model.predict_episode(batch["image"])
+    floor = time.perf_counter() - start
+
+    start = time.perf_counter()
+    metrics = evaluate(cfg)
+    whole = time.perf_counter() - start
+
+    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{args.images} test images, methods {args.methods}, {len(metrics)} metric keys")
+    print("| what | seconds | x floor |\n|---|---|---|")
+    print(f"| greedy rollout over the split (floor) | {floor:.1f} | 1.0 |")
+    print(f"| python evaluate.py, every metric, report | {whole:.1f} | {whole / floor:.1f} |")
+    print(f"goal: <= 300 s -> {'met' if whole <= 300 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
