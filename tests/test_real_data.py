@@ -370,6 +370,12 @@ def test_smoke_training_and_evaluation_on_voc(voc_root, tmp_path):
                                                      f"paths.output_dir={tmp_path / 'eval'}", "trainer.enable_progress_bar=false"])
     metrics = _script("evaluate").evaluate(cfg)
     assert set(metrics) >= {"multiset/exact_match", "multiset/f1"} and (tmp_path / "eval" / "trajectories.png").is_file()
+    # the VOC checkpoint on Multiset-MNIST: an error naming the classes that do not match, nothing written
+    cfg = _compose("evaluate", ["data=multiset_mnist", "data.test_size=4", "data.num_workers=0",
+                                f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path / 'mnist'}"])
+    with pytest.raises(ValueError, match=r"unmatched: \[.*'0'.*'cat'"):
+        _script("evaluate").evaluate(cfg)
+    assert not (tmp_path / "mnist" / "metrics.json").exists()
 
 
 def test_smoke_training_on_coco_with_resnet18(tmp_path):
