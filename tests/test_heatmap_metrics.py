@@ -58,3 +58,32 @@ def test_deletion_of_the_right_pixels_beats_deletion_of_an_inverted_map():
     assert good["insertion"].item() > bad["insertion"].item()
     # the perfect map removes all 16 evidence pixels in the first 1/16 of the 256 pixels
     assert math.isclose(good["deletion"].item(), 0.5 / 16, rel_tol=1e-5)
+
+
+def test_replay_score_stops_early_and_equals_the_full_replay():
+    from types import SimpleNamespace
+
+    from glimpse.evaluation.heatmap_eval import replay_score, right_label_targets
+    from glimpse.models.backbone import ConvBackbone
+    from glimpse.models.policy import GlimpsePolicy
+
+    torch.manual_seed(0)
+    policy = GlimpsePolicy(ConvBackbone(1, (8, 8, 8), (2, 2, 2), (1, 1, 2)), num_classes=3, hidden=16, key_dim=8,
+                           label_dim=4).eval()
+    images = torch.rand(6, 1, 32, 32)
+    with torch.no_grad():
+        episode = policy(images, 4, location_mode="greedy", label_mode="greedy")
+    counts = torch.nn.functional.one_hot(episode.labels.clamp(max=2), 4)[..., :3].sum(1)  # every emitted label right
+    targets = right_label_targets(episode, counts)
+    assert len(targets) and torch.equal(targets[:, 1], targets[:, 1].sort().values)  # ordered by step
+    rows = torch.arange(len(targets))
+    scored = replay_score(SimpleNamespace(policy=policy), episode, targets)(images[targets[:, 0]], rows)
+    with torch.no_grad():
+        full = policy(images[targets[:, 0]], 4, location_mode="greedy", label_mode="greedy",
+                      actions={k: v[targets[:, 0]] for k, v in episode.actions().items()})
+    expected = full.label_logits[rows, targets[:, 1]].softmax(-1)[rows, targets[:, 2]]
+    assert torch.allclose(scored, expected, atol=1e-6)
+    first = (targets[:, 1] == 0).nonzero()[:, 0]  # rows of step 0 need one step only
+    if len(first):
+        assert torch.allclose(replay_score(SimpleNamespace(policy=policy), episode, targets)(images[targets[first, 0]], first),
+                              expected[first], atol=1e-6)

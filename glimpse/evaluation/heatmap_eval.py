@@ -43,22 +43,26 @@ def resolve_methods(names, key: str = "heatmaps.methods") -> dict[str, Method]:
 
 
 def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
-    """``(N, 3)`` rows of (image, step, class) for every emitted label that was right."""
+    """``(N, 3)`` rows of (image, step, class) for every emitted label that was right, by step."""
     played = multiset.rollout(counts, episode.labels)
     emitted = played["alive"] & (episode.labels < counts.shape[1]) & played["correct"]
-    image, step = emitted.nonzero(as_tuple=True)
+    step, image = emitted.T.nonzero(as_tuple=True)  # ordered by step, then image: replays stop early
     return torch.stack([image, step, episode.labels[image, step]], 1)
 
 
 def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """``score(images, rows)``: probability of each target's label at its step, actions replayed."""
+    """``score(images, rows)``: probability of each target's label at its step, actions replayed.
+
+    The rollout stops at the last step the rows need (later steps cannot change an earlier
+    label), so rows sorted by step cost fewer recurrent steps.
+    """
     actions = episode.actions()
-    steps = episode.labels.shape[1]
 
     @torch.no_grad()
     def score(images: Tensor, rows: Tensor) -> Tensor:
         image, step, label = targets[rows].unbind(1)
-        replay = {k: v[image] for k, v in actions.items()}
+        steps = int(step.max()) + 1
+        replay = {k: v[image, :steps] for k, v in actions.items()}
         ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
         arange = torch.arange(len(rows), device=images.device)
         return ep.label_logits[arange, step].softmax(-1)[arange, label]
