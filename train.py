@@ -8,9 +8,11 @@ os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__))
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from glimpse.reliability import AtomicCheckpointIO
 from glimpse.run import instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
 log = logging.getLogger("glimpse")
@@ -30,12 +32,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = instantiate_logger(cfg.get("logger"))
     if logger:
         logger.log_hyperparams(dict(cfg=dict(model.hparams)))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    # checkpoints are written atomically: a kill or a full disk mid-write keeps the previous one
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), "")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     if trainer.is_global_zero:

@@ -91,11 +91,6 @@ class GlimpseModule(pl.LightningModule):
         steps = self.objective.num_steps(counts, self.max_steps)
         episode = self.policy(batch["image"], steps, location_mode="sample", label_mode=self.objective.label_mode)
         losses = self.objective(episode, counts)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"non-finite training loss at global step {self.global_step}, batch {batch_idx}: "
-                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            )
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=False)
         self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True)
         return losses["loss"]
@@ -173,6 +168,11 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Glim
         raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ValueError(f"{path} is not a glimpse checkpoint (no state_dict / hyper_parameters); use a .ckpt from train.py")
+    bad = [k for k, v in checkpoint["state_dict"].items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path} holds non-finite weights in {len(bad)} tensor(s), first {bad[:3]}; "
+                         "use an earlier checkpoint of the run")
     # The state dict holds every weight: a pretrained backbone's source file need not exist here.
     recorded = checkpoint["hyper_parameters"].get("policy") or {}
     policy = dict(recorded)

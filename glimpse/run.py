@@ -21,14 +21,20 @@ class ConfigError(ValueError):
 
 
 def user_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Run an entry point; bad input exits with code 2 and one clear message, not a traceback."""
+    """Run an entry point; bad input exits with code 2 and one clear message, not a traceback;
+    a fault during the run (:class:`~glimpse.reliability.RunFault`) with code 1 and one line."""
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> Any:
         from hydra.errors import InstantiationException
 
+        from glimpse.reliability import RunFault
+
         try:
             return fn(cfg)
+        except RunFault as err:  # a fault during the run (disk full, non-finite numbers): not the user's input
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
         except (ConfigError, FileNotFoundError, InstantiationException, ValueError) as err:
             cause = err
             while isinstance(cause, InstantiationException) and cause.__cause__ is not None:

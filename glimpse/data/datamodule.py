@@ -4,19 +4,96 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from glimpse.data.multiset_mnist import MultisetMNIST
 
 
+class SeededOrder(Sampler[int]):
+    """The training order as a function of ``(seed, epoch)``, resumable within an epoch.
+
+    Epoch ``e`` yields exactly what ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    yields in its ``e``-th epoch (so runs keep the order they had before this sampler): that
+    loader's generator draws one int64 (its workers' base seed) each time a new iterator starts
+    (every epoch without workers, the first epoch only with persistent workers), then two
+    ``randperm`` (the second for RandomSampler's empty remainder). The order is replayed from the seed, so it needs no saved generator state;
+    ``start`` skips the indices already trained on when a run resumes mid-epoch.
+    """
+
+    def __init__(self, size: int, seed: int, persistent_workers: bool = False) -> None:
+        self.size, self.seed, self.persistent_workers = size, seed, persistent_workers
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch; a new epoch starts from its beginning."""
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        for e in range(epoch + 1):
+            if e == 0 or not self.persistent_workers:
+                torch.empty((), dtype=torch.int64).random_(generator=generator)
+            perm = torch.randperm(self.size, generator=generator)
+            torch.randperm(self.size, generator=generator)  # RandomSampler's (empty) remainder draws one more
+        return perm
+
+    def __iter__(self):
+        yield from self.order(self.epoch)[self.start:].tolist()
+
+    def __len__(self) -> int:  # the whole epoch: Lightning counts the batches already done itself
+        return self.size
+
+
 def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader whose training order comes from a generator seeded by ``seed``."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    """A DataLoader; shuffled, its order is :class:`SeededOrder` of ``seed`` (the global RNG is not used)."""
+    persistent = num_workers > 0
+    sampler = SeededOrder(len(dataset), seed, persistent) if shuffle else None
+    generator = torch.Generator().manual_seed(seed) if shuffle else None  # the workers' base seed only
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=persistent)
 
 
-class MultisetMNISTDataModule(pl.LightningDataModule):
+class ResumableOrder:
+    """Datamodule mixin: the checkpoint records where the training order stands (epoch and
+    samples done, from Lightning's own batch count) and a resumed run continues from there.
+    Single process only; under DDP Lightning's distributed sampler shards the order and a
+    resumed run restarts the interrupted epoch."""
+
+    _order_state: dict | None = None
+    _train_order: SeededOrder | None = None
+
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size > 1 or trainer.state.fn != "fit" or self._train_order is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready * self.batch_size
+        return {"train_order": {"epoch": trainer.current_epoch, "start": min(done, self._train_order.size)}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._order_state = state_dict.get("train_order")
+        self._apply_order_state()
+
+    def _apply_order_state(self) -> None:
+        if self._order_state and self._train_order is not None:
+            self._train_order.epoch = int(self._order_state["epoch"])
+            self._train_order.start = int(self._order_state["start"])
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self._loader("train", shuffle=True)
+        self._train_order = loader.sampler
+        self._apply_order_state()
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class MultisetMNISTDataModule(ResumableOrder, pl.LightningDataModule):
     """Train / val / test MultisetMNIST canvases; the canvas arguments pass through unchanged.
 
     Canvases depend only on (seed, split, index), and the train order on a generator seeded
@@ -57,15 +134,6 @@ class MultisetMNISTDataModule(pl.LightningDataModule):
                 split: MultisetMNIST(split=split, size=size, **self.canvas_kwargs)
                 for split, size in self.split_sizes.items()
             }
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

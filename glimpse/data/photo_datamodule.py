@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from glimpse.data.coco import read_coco
-from glimpse.data.datamodule import seeded_loader
+from glimpse.data.datamodule import ResumableOrder, seeded_loader
 from glimpse.data.detection import Annotations, DetectionDataset, ImageRecord, select_objects
 from glimpse.data.voc import read_voc
 
@@ -24,7 +24,7 @@ log = logging.getLogger("glimpse")
 SPLITS = ("train", "val", "test")
 
 
-class DetectionDataModule(pl.LightningDataModule):
+class DetectionDataModule(ResumableOrder, pl.LightningDataModule):
     """Photographs with instance annotations; subclasses say how each split's files are read.
 
     The class list comes from the training split (``classes`` keeps a subset, in the
@@ -100,15 +100,6 @@ class DetectionDataModule(pl.LightningDataModule):
         for dataset in {id(d): d for d in self.datasets.values()}.values():
             dataset.use_classes(class_names)
         self.class_names, self.num_classes = list(class_names), len(class_names)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         """The train order comes from a generator seeded by ``seed``, as for Multiset-MNIST."""
