@@ -104,6 +104,10 @@ class LastCheckpoint(Checkpoint):
         return "LastCheckpoint"
 
     # -- when to save ---------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # one path for all processes (a timestamped output dir may differ between DDP ranks)
+        self.path = Path(trainer.strategy.broadcast(str(self.path)))
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_save = time.monotonic()
         self._sigterm = False

@@ -235,3 +235,73 @@ def test_ddp_two_cpu_processes_test_metrics_match_one_process(tmp_path):
     one = metrics_of(single)
     for key in ("exact_match", "precision", "recall", "f1"):
         assert trained[f"test/multiset/{key}"] == pytest.approx(one[f"multiset/{key}"], abs=1e-6)
+
+
+# -- bad data and config values -------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "data.batch_size=0 must be an integer >= 1"),
+    (dict(num_workers=-1), "data.num_workers=-1 must be an integer >= 0"),
+    (dict(train_size=0), "size=0: a split needs at least 1 canvas"),
+])
+def test_bad_data_values_name_the_key(kwargs, message):
+    from glimpse.data.datamodule import MultisetMNISTDataModule
+
+    with pytest.raises(ValueError, match=message):
+        MultisetMNISTDataModule(**kwargs).train_dataloader()
+
+
+def test_empty_split_and_wrong_channel_count_are_clear_errors():
+    from glimpse.data.datamodule import seeded_loader
+    from glimpse.models.backbone import ConvBackbone
+
+    with pytest.raises(ValueError, match="is empty"):
+        seeded_loader([], 4, True, 0, 0, False)
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, 1, H, W\).*model.backbone.in_channels"):
+        ConvBackbone(in_channels=1)(torch.zeros(2, 3, 32, 32))
+
+
+# -- the training order ---------------------------------------------------------------------------
+class OrderProbe(pl.LightningModule):
+    def __init__(self, loader):
+        super().__init__()
+        self.layer, self.loader, self.seen = torch.nn.Linear(1, 1), loader, []
+
+    def training_step(self, batch, batch_idx):
+        self.seen += batch.tolist()
+        return self.layer(batch.float()[:, None]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return self.loader
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_seeded_order_is_the_order_of_a_seeded_shuffled_loader_under_lightning(num_workers):
+    """The default run keeps the batches it had before SeededOrder (a shuffled DataLoader with a seeded generator)."""
+    from glimpse.data.datamodule import seeded_loader
+
+    data = list(range(20))
+    plain = torch.utils.data.DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(7),
+                                        num_workers=num_workers, persistent_workers=num_workers > 0)
+    seen = []
+    for loader in (plain, seeded_loader(data, 5, True, 7, num_workers, False)):
+        probe = OrderProbe(loader)
+        pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                   enable_model_summary=False).fit(probe)
+        seen.append(probe.seen)
+    assert seen[0] == seen[1] and len(seen[0]) == 60
+    assert sorted(seen[1][20:40]) == data and seen[1][:20] != seen[1][20:40]  # each epoch a new permutation
+
+
+def test_seeded_order_resumes_mid_epoch():
+    from glimpse.data.datamodule import SeededOrder
+
+    order = SeededOrder(10, seed=3)
+    order.set_epoch(2)
+    full = list(order)
+    order.start = 4
+    assert list(order) == full[4:] and len(order) == 10
+    order.set_epoch(3)  # a new epoch starts from its beginning
+    assert len(list(order)) == 10 and order.start == 0

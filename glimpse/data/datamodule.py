@@ -13,11 +13,14 @@ class SeededOrder(Sampler[int]):
     """The training order as a function of ``(seed, epoch)``, resumable within an epoch.
 
     Epoch ``e`` yields exactly what ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
-    yields in its ``e``-th epoch (so runs keep the order they had before this sampler): that
-    loader's generator draws one int64 (its workers' base seed) each time a new iterator starts
-    (every epoch without workers, the first epoch only with persistent workers), then two
-    ``randperm`` (the second for RandomSampler's empty remainder). The order is replayed from the seed, so it needs no saved generator state;
-    ``start`` skips the indices already trained on when a run resumes mid-epoch.
+    yields in its ``e``-th epoch under Lightning's fit loop (so runs keep the order they had
+    before this sampler). That loader's generator draws one int64 (its workers' base seed) each
+    time a new iterator starts, then a ``randperm`` for the epoch; with persistent workers the
+    iterator starts once, and the workers' prefetch runs RandomSampler to its end, where it
+    draws one more (empty) ``randperm``; without workers Lightning stops at the known length
+    and that last draw never happens. The order is replayed from the seed, so it needs no
+    saved generator state; ``start`` skips the indices already trained on when a run resumes
+    mid-epoch.
     """
 
     def __init__(self, size: int, seed: int, persistent_workers: bool = False) -> None:
@@ -34,9 +37,10 @@ class SeededOrder(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed)
         for e in range(epoch + 1):
             if e == 0 or not self.persistent_workers:
-                torch.empty((), dtype=torch.int64).random_(generator=generator)
+                torch.empty((), dtype=torch.int64).random_(generator=generator)  # the base seed
             perm = torch.randperm(self.size, generator=generator)
-            torch.randperm(self.size, generator=generator)  # RandomSampler's (empty) remainder draws one more
+            if self.persistent_workers:
+                torch.randperm(self.size, generator=generator)  # RandomSampler's empty remainder
         return perm
 
     def __iter__(self):
@@ -48,6 +52,11 @@ class SeededOrder(Sampler[int]):
 
 def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """A DataLoader; shuffled, its order is :class:`SeededOrder` of ``seed`` (the global RNG is not used)."""
+    for key, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"data.{key}={value!r} must be an integer >= {least}")
+    if len(dataset) == 0:
+        raise ValueError(f"{getattr(dataset, 'name', 'a data split')} is empty: it has no images to load")
     persistent = num_workers > 0
     sampler = SeededOrder(len(dataset), seed, persistent) if shuffle else None
     generator = torch.Generator().manual_seed(seed) if shuffle else None  # the workers' base seed only
