@@ -35,7 +35,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # checkpoints are written atomically: a kill or a full disk mid-write keeps the previous one
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # our own checkpoints hold numpy RNG states, which torch's weights-only loader refuses
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.get("test"):
         best = next((c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), "")

@@ -35,6 +35,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the kill-and-resume test below already compares two processes' metrics.json exactly
 def test_same_config_and_seed_give_identical_metrics(uninterrupted, tmp_path):
     run("train.py", *SMALL, f"paths.output_dir={tmp_path}")
     assert metrics_of(tmp_path) == metrics_of(uninterrupted)
