@@ -11,6 +11,7 @@ deviation over the seeds, test split) and, with ``logger=wandb``, the same table
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -121,6 +122,7 @@ def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
         columns = [(name, [r["metrics"].get(key, float("nan")) for r in done]) for name, key in COLUMNS]
         columns.append(("wall time (s)", [r["wall_time"] for r in done]))
         for name, values in columns:
+            values = [v for v in values if math.isfinite(v)]  # NaN: nothing to score (e.g. no right label to hit)
             row[name] = (statistics.fmean(values) if values else float("nan"),
                          statistics.stdev(values) if len(values) > 1 else float("nan"))
         rows.append(row)
@@ -148,7 +150,8 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
         "- each run: `train.py` stopped by `trainer.max_time` after the budget of fitting (validation included), "
         "constant learning rate, then the test split with the best checkpoint by val F1; "
         f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",
-        "- mean ± standard deviation over the seeds (test split); wall time is the whole run (start-up, fit, test)",
+        "- mean ± standard deviation over the seeds (test split; a run with nothing to score, NaN, is left out of "
+        "that column); wall time is the whole run (start-up, fit, test)",
         "",
         "| objective | " + " | ".join(names) + " | runs |",
         "|---|" + "---:|" * (len(names) + 1),

@@ -28,14 +28,16 @@ def fake_run(objective, seed, f1, hit, wall, failed=False):
 
 def test_table_is_the_mean_and_spread_over_seeds(tmp_path):
     runs = [fake_run("multiset", 0, 0.8, 0.5, 100.0), fake_run("multiset", 1, 0.9, 0.7, 110.0),
-            fake_run("reinforce", 0, 0.2, 0.1, 90.0), fake_run("reinforce", 1, 0.0, 0.0, 0.0, failed=True)]
-    rows = summarise(runs, ["multiset", "reinforce"])
+            fake_run("reinforce", 0, 0.2, 0.1, 90.0), fake_run("reinforce", 1, 0.0, 0.0, 0.0, failed=True),
+            fake_run("sequence_area", 0, 0.0, float("nan"), 80.0)]  # no right label: no hit rate
+    rows = summarise(runs, ["multiset", "reinforce", "sequence_area"])
     mean, std = rows[0]["F1"]
     assert math.isclose(mean, 0.85) and math.isclose(std, math.sqrt(0.005))  # sample std of 0.8, 0.9
     assert rows[0]["wall time (s)"][0] == 105.0 and rows[1]["runs"] == 1 and rows[1]["seeds"] == 2
     text = markdown(CompareConfig(note="smoke budget"), rows, "python -m glimpse.compare", tmp_path)
     assert "| `multiset` | 0.425 ± 0.035 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.600 ± 0.141 | 105.0 ± 7.1 | 2/2 |" in text
     assert "| `reinforce` | 0.100 | 0.200 | 0.200 | 0.200 | 0.100 | 90.0 | 1/2 |" in text  # one seed: no spread
+    assert "| `sequence_area` | 0.000 | 0.000 | 0.000 | 0.000 | — | 80.0 | 1/1 |" in text
     assert "smoke budget" in text and "CPU cores" in text
 
 
