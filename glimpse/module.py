@@ -87,10 +87,16 @@ class GlimpseModule(pl.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        counts = batch["counts"]
-        steps = self.objective.num_steps(counts, self.max_steps)
-        episode = self.policy(batch["image"], steps, location_mode="sample", label_mode=self.objective.label_mode)
-        losses = self.objective(episode, counts)
+        counts, objective = batch["counts"], self.objective
+        steps = objective.num_steps(counts, self.max_steps)
+        episode = self.policy(batch["image"], steps, location_mode="sample", label_mode=objective.label_mode,
+                              **objective.roll_in_args(batch, steps))
+        greedy = None
+        if objective.baseline == "self_critical":  # the greedy rollout of the same images is the baseline
+            with torch.no_grad():
+                rollout = self.policy(batch["image"], steps, location_mode="greedy", label_mode="greedy")
+                greedy = objective.returns(rollout, counts, batch)
+        losses = objective(episode, counts, batch, greedy)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=False)
         self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True)
         return losses["loss"]

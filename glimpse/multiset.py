@@ -26,6 +26,18 @@ class RewardSpec:
     stop_correct: float = 1.0
     early_stop_cost: float = 1.0
 
+    def with_scheme(self, scheme: str) -> "RewardSpec":
+        """The reward under a named scheme: ``signed`` (this spec, +1 / -1) or ``binary``
+        (1 for a right action, 0 for anything else, early STOP included)."""
+        if scheme not in REWARD_SCHEMES:
+            raise ValueError(f"objective.reward_scheme={scheme!r} is not known; choose one of {list(REWARD_SCHEMES)}")
+        if scheme == "binary":
+            return RewardSpec(correct=1.0, wrong=0.0, stop_correct=1.0, early_stop_cost=0.0)
+        return self
+
+
+REWARD_SCHEMES = ("signed", "binary")
+
 
 def counts_from_labels(labels: Tensor, num_classes: int) -> Tensor:
     """Count vector ``(B, C)`` of padded label lists ``(B, N)``; entries < 0 are padding."""

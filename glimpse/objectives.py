@@ -1,5 +1,6 @@
 """Training objectives: REINFORCE for the location decisions, and for the labels either
-REINFORCE (Welleck et al. 2017) or the multiset loss (Welleck et al. 2018).
+REINFORCE (Welleck et al. 2017), the multiset loss (Welleck et al. 2018), or the sequence
+cross entropy with a fixed label order (the 2018 paper's baseline).
 
 Every reward and remaining multiset comes from :mod:`glimpse.multiset`.
 """
@@ -12,29 +13,88 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glimpse import multiset
+from glimpse.evaluation.localisation import glimpse_hits
 from glimpse.models.policy import Episode
 
-LABEL_LOSSES = ("multiset", "reinforce")
+LABEL_LOSSES = ("multiset", "reinforce", "sequence")
 LOCATION_REWARDS = ("expected", "sampled")
 ORACLES = ("uniform", "attended")
+ROLL_INS = ("greedy", "stochastic", "oracle")
+BASELINES = ("learned", "batch_mean", "self_critical")
+SEQUENCE_ORDERS = ("random", "spatial", "area")
+_PRIME = 2_147_483_647  # 2^31 - 1: the modulus of the per-image hash of the random order
+
+
+def attended_mass(attention_masks: Tensor, class_density: Tensor) -> Tensor:
+    """Mass ``(B, ..., K)`` of each class's density under attention masks ``(B, ..., h*w)``, detached."""
+    return torch.einsum("b...n,bkn->b...k", attention_masks.detach(), class_density.detach().flatten(2))
 
 
 def attended_density(episode: Episode) -> Tensor:
     """Mass ``(B, T, K)`` of each class's density under each step's attention mask, detached."""
-    density = episode.class_density.detach().flatten(2)  # (B, K, h*w)
-    return torch.einsum("btn,bkn->btk", episode.attention_masks.detach(), density)
+    return attended_mass(episode.attention_masks, episode.class_density)
+
+
+class OracleRollIn:
+    """Oracle roll-in of the multiset loss: each step's label is drawn from the oracle
+    distribution of the remaining multiset (:func:`multiset.oracle_policy`), which then loses it.
+
+    Passed to :meth:`GlimpsePolicy.forward` as ``label_roll_in``; ``attended`` weights the
+    remaining labels by their density under the step's attention mask, as the loss does.
+    """
+
+    def __init__(self, targets: Tensor, attended: bool) -> None:
+        self.remaining = targets.clone()
+        self.attended = attended
+
+    def __call__(self, attention_mask: Tensor, class_density: Tensor) -> Tensor:
+        preference = attended_mass(attention_mask, class_density) if self.attended else None
+        probs = multiset.oracle_policy(self.remaining, preference)
+        label = torch.multinomial(probs, 1).squeeze(1)
+        _, self.remaining, _ = multiset.step(self.remaining, label)
+        return label
+
+
+def order_keys(order: str, labels: Tensor, boxes: Tensor | None, index: Tensor | None, seed: int) -> Tensor:
+    """Sort keys ``(B, N)`` of the ground-truth objects (smaller first) for a fixed label order.
+
+    ``spatial``: raster order of the box centres (by pixel row, then column); ``area``: the
+    largest box first; ``random``: a permutation fixed per image, hashed from ``(seed, index)``.
+    """
+    if order == "random":
+        position = torch.arange(labels.shape[1], device=labels.device)
+        x = (index.long()[:, None] * 1_000_003 + position + seed * 7_919) % _PRIME
+        h = (x * 48_271 + 11) % _PRIME
+        return ((h * h) % _PRIME + x).float()  # squaring mod p: no linear pattern over positions
+    centres = (boxes[..., :2] + boxes[..., 2:]) / 2
+    if order == "spatial":
+        return centres[..., 1].floor() * (boxes[..., 2].max() + 1) + centres[..., 0]
+    return -((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]))
 
 
 @dataclass
 class GlimpseObjective:
     """Loss of one batch of episodes.
 
-    label_loss: ``multiset`` (cross entropy against the oracle policy, greedy roll-in) or
-        ``reinforce`` (labels sampled, rewarded by the multiset reward).
+    label_loss: ``multiset`` (cross entropy against the oracle policy, with roll-in),
+        ``reinforce`` (labels sampled, rewarded by the multiset reward), or ``sequence``
+        (cross entropy against the ground-truth labels in a fixed order, teacher forced,
+        then STOP: the 2018 paper's baseline).
+    roll_in: which labels the multiset loss rolls in: ``greedy`` (the model's argmax, the
+        paper's), ``stochastic`` (sampled from the model), ``oracle`` (drawn from the oracle
+        distribution, :class:`OracleRollIn`). Termination is by STOP in all three.
+    sequence_order: the fixed order of the sequence loss (:func:`order_keys`): ``random``,
+        ``spatial`` or ``area``; the last two use the boxes (a weak-supervision exception).
     location_reward: reward of a meta step's location decisions: ``expected`` = the
         multiset reward in expectation over the label distribution at that step (lower
         variance), ``sampled`` = the reward of the label actually emitted.
+    reward_scheme: ``signed`` (the ``reward`` spec: +1 / -1, early STOP costs what it leaves)
+        or ``binary`` (1 for a right action, 0 otherwise) — :meth:`multiset.RewardSpec.with_scheme`.
     gamma: discount of the return-to-go (0 = immediate reward of the step).
+    baseline: what the REINFORCE advantages subtract from the returns: ``learned`` (the
+        value head, trained on detached state), ``batch_mean`` (the batch's mean return at
+        each step), ``self_critical`` (the returns of the greedy rollout of the same images,
+        passed to :meth:`__call__` as ``greedy``; the module computes it under no_grad).
     count_weight: weight of the count loss that teaches the saliency map from multiset
         labels alone (the per-class densities must sum to the true counts).
     peak_weight: weight of the peak loss: the densest cell of each class holds one whole
@@ -50,18 +110,26 @@ class GlimpseObjective:
         the density of the remaining classes under the step's attention mask, in objects,
         at most 1. It uses the saliency model's own densities (learned from multiset labels
         alone), never the boxes.
+    box_reward: weight of a location reward for a step whose final glimpse lands in a not
+        yet claimed ground-truth box of the right label it emits. It uses the boxes: an
+        explicitly named weak-supervision exception, off (0) by default.
     """
 
     label_loss: str = "multiset"
     roll_in: str = "greedy"
+    sequence_order: str = "random"
+    sequence_seed: int = 0
     location_reward: str = "expected"
+    reward_scheme: str = "signed"
     gamma: float = 0.0
+    baseline: str = "learned"
     entropy_weight: float = 0.01
     value_weight: float = 0.5
     count_weight: float = 1.0
     peak_weight: float = 1.0
     oracle: str = "uniform"
     attention_reward: float = 0.0
+    box_reward: float = 0.0
     reward: multiset.RewardSpec = field(default_factory=multiset.RewardSpec)
 
     def __post_init__(self) -> None:
@@ -70,54 +138,72 @@ class GlimpseObjective:
         checks = [
             ("objective.label_loss", self.label_loss, LABEL_LOSSES),
             ("objective.location_reward", self.location_reward, LOCATION_REWARDS),
-            ("objective.roll_in", self.roll_in, ("greedy", "sample")),
+            ("objective.roll_in", self.roll_in, ROLL_INS),
             ("objective.oracle", self.oracle, ORACLES),
+            ("objective.baseline", self.baseline, BASELINES),
+            ("objective.sequence_order", self.sequence_order, SEQUENCE_ORDERS),
+            ("objective.reward_scheme", self.reward_scheme, multiset.REWARD_SCHEMES),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{key}={value!r} is not known; choose one of {list(allowed)}")
+        if self.roll_in != "greedy" and self.label_loss != "multiset":
+            raise ValueError(f"objective.roll_in={self.roll_in!r} needs objective.label_loss=multiset "
+                             f"(reinforce samples its labels, sequence is teacher forced); use roll_in=greedy")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"objective.gamma={self.gamma} must be in [0, 1]")
-        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight", "attention_reward"):
+        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight", "attention_reward", "box_reward"):
             if getattr(self, key) < 0:
                 raise ValueError(f"objective.{key}={getattr(self, key)} must be >= 0")
+        self.reward = self.reward.with_scheme(self.reward_scheme)
 
     @property
     def label_mode(self) -> str:
-        """How the policy picks labels while training."""
-        return "sample" if self.label_loss == "reinforce" else self.roll_in
+        """How the policy picks labels while training (oracle and sequence roll-ins force them)."""
+        return "sample" if self.label_loss == "reinforce" or self.roll_in == "stochastic" else "greedy"
 
     def num_steps(self, targets: Tensor, max_steps: int) -> int:
-        """Meta steps to unroll in training: |Y| + 1 for the multiset loss, else the budget."""
-        if self.label_loss == "multiset":
+        """Meta steps to unroll in training: |Y| + 1 for the multiset and sequence losses, else the budget."""
+        if self.label_loss in ("multiset", "sequence"):
             return int(targets.sum(-1).max().item()) + 1
         return max_steps
 
-    def __call__(self, episode: Episode, targets: Tensor) -> dict[str, Tensor]:
+    def roll_in_args(self, batch: dict, num_steps: int) -> dict:
+        """Keyword arguments of the training rollout that pick its labels: the sequence loss's
+        teacher forcing, the oracle roll-in; none for the others."""
+        if self.label_loss == "sequence":
+            return {"actions": {"labels": self.label_sequence(batch)[:, :num_steps]}}
+        if self.roll_in == "oracle":
+            return {"label_roll_in": OracleRollIn(batch["counts"], self.oracle == "attended")}
+        return {}
+
+    def label_sequence(self, batch: dict) -> Tensor:
+        """The ground-truth labels ``(B, N + 1)`` in ``sequence_order``, then STOP (padding too)."""
+        labels, stop = batch["labels"], batch["counts"].shape[-1]
+        needs = {"labels"} | ({"index"} if self.sequence_order == "random" else {"boxes"})
+        missing = sorted(needs - set(batch))
+        if missing:
+            raise ValueError(f"objective.sequence_order={self.sequence_order!r} needs {missing} in the batch; this data has none")
+        keys = order_keys(self.sequence_order, labels, batch.get("boxes"), batch.get("index"), self.sequence_seed)
+        ordered = labels.gather(1, keys.masked_fill(labels < 0, float("inf")).argsort(dim=-1, stable=True))
+        ordered = torch.cat([ordered, ordered.new_full((labels.shape[0], 1), -1)], 1)
+        return torch.where(ordered < 0, stop, ordered)
+
+    def _play(self, episode: Episode, targets: Tensor, batch: dict | None) -> dict[str, Tensor]:
+        """Replay the episode: remaining multisets, masks, rewards and returns of each step."""
         logits = episode.label_logits  # (B, T, K+1)
-        steps = logits.shape[1]
         log_probs = F.log_softmax(logits, -1)
         roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=self.label_loss == "reinforce")
         remaining = roll["remaining_before"]  # (B, T, K)
-        out: dict[str, Tensor] = {}
         attended = attended_density(episode) if self.oracle == "attended" or self.attention_reward else None
-
-        if self.label_loss == "multiset":
-            # steps 0..|Y|: |Y| labels, then the termination step whose oracle target is STOP
-            t = torch.arange(steps, device=logits.device)
+        if self.label_loss == "reinforce":
+            step_mask = loc_mask = roll["alive"].float()
+        else:
+            # steps 0..|Y|: |Y| labels, then the termination step whose target is STOP
+            t = torch.arange(logits.shape[1], device=logits.device)
             step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
-            preference = attended.flatten(0, 1) if self.oracle == "attended" else None
-            oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(logits)
-            ce = -(oracle * log_probs).sum(-1)
-            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum()
             # the location decisions only matter while something is left to find
             loc_mask = step_mask * (remaining.sum(-1) > 0).float()
-        else:
-            loc_mask = roll["alive"].float()
-            label_returns = multiset.discounted_returns(roll["reward"], loc_mask, self.gamma)
-            label_logp = log_probs.gather(-1, episode.labels[..., None]).squeeze(-1)
-            advantage = (label_returns - episode.values).detach()
-            out["label_loss"] = -(advantage * label_logp * loc_mask).sum() / loc_mask.sum()
 
         if self.location_reward == "expected":
             probs = log_probs.exp().detach().flatten(0, 1)
@@ -127,10 +213,65 @@ class GlimpseObjective:
         if self.attention_reward:
             unnamed = (attended * (remaining > 0)).sum(-1).clamp(max=1.0)  # (B, T) objects' worth
             step_reward = step_reward + self.attention_reward * unnamed
-        returns = multiset.discounted_returns(step_reward, loc_mask, self.gamma)
+        if self.box_reward:
+            if batch is None or "boxes" not in batch:
+                raise ValueError(f"objective.box_reward={self.box_reward} needs boxes in the batch; this data has none "
+                                 f"(set objective.box_reward=0)")
+            hits, _ = glimpse_hits(episode, targets, batch["boxes"], batch["labels"], tuple(batch["image"].shape[-2:]))
+            step_reward = step_reward + self.box_reward * hits.float()
+        return {
+            "log_probs": log_probs, "roll": roll, "remaining": remaining, "attended": attended,
+            "step_mask": step_mask, "loc_mask": loc_mask, "step_reward": step_reward,
+            "returns": multiset.discounted_returns(step_reward, loc_mask, self.gamma),
+            "label_returns": multiset.discounted_returns(roll["reward"], loc_mask, self.gamma),
+        }
 
+    def returns(self, episode: Episode, targets: Tensor, batch: dict | None = None) -> dict[str, Tensor]:
+        """Per-step returns ``(B, T)`` of the location and label decisions: what a greedy rollout
+        gives the ``self_critical`` baseline."""
+        played = self._play(episode, targets, batch)
+        return {"returns": played["returns"], "label_returns": played["label_returns"]}
+
+    def _baseline(self, returns: Tensor, mask: Tensor, values: Tensor, greedy: Tensor | None) -> Tensor:
+        """Baseline ``(B, T)`` subtracted from ``returns`` (see the class docstring)."""
+        if self.baseline == "learned":
+            return values
+        if self.baseline == "batch_mean":
+            return ((returns * mask).sum(0) / mask.sum(0).clamp(min=1)).expand_as(returns)
+        if greedy is None:
+            raise ValueError("objective.baseline='self_critical' needs the greedy rollout's returns (greedy=...)")
+        return greedy
+
+    def __call__(
+        self, episode: Episode, targets: Tensor, batch: dict | None = None, greedy: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Losses of a batch; ``batch`` supplies boxes / labels / index when an option needs them,
+        ``greedy`` the greedy rollout's :meth:`returns` for the self-critical baseline."""
+        played = self._play(episode, targets, batch)
+        logits, log_probs, remaining = episode.label_logits, played["log_probs"], played["remaining"]
+        step_mask, loc_mask = played["step_mask"], played["loc_mask"]
+        out: dict[str, Tensor] = {}
+
+        if self.label_loss == "multiset":
+            preference = played["attended"].flatten(0, 1) if self.oracle == "attended" else None
+            oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(logits)
+            ce = -(oracle * log_probs).sum(-1)
+            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum()
+        elif self.label_loss == "sequence":
+            sequence = self.label_sequence(batch)[:, : logits.shape[1]]
+            ce = -log_probs.gather(-1, sequence[..., None]).squeeze(-1)
+            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum()
+        else:
+            label_returns = played["label_returns"]
+            label_logp = log_probs.gather(-1, episode.labels[..., None]).squeeze(-1)
+            baseline = self._baseline(label_returns, loc_mask, episode.values, greedy and greedy["label_returns"])
+            advantage = (label_returns - baseline).detach()
+            out["label_loss"] = -(advantage * label_logp * loc_mask).sum() / loc_mask.sum()
+
+        returns = played["returns"]
         n = loc_mask.sum().clamp(min=1)
-        advantage = (returns - episode.values).detach()  # the baseline never receives policy gradient
+        baseline = self._baseline(returns, loc_mask, episode.values, greedy and greedy["returns"])
+        advantage = (returns - baseline).detach()  # the baseline never receives policy gradient
         out["location_loss"] = -(advantage * episode.location_logp() * loc_mask).sum() / n
         out["value_loss"] = (((episode.values - returns) ** 2) * loc_mask).sum() / n
         entropy = episode.location_entropy()
@@ -141,14 +282,17 @@ class GlimpseObjective:
         out["count_loss"] = F.mse_loss(predicted_counts, targets.float())
         peaks = episode.class_density.flatten(2).amax(-1)  # (B, K)
         out["peak_loss"] = F.mse_loss(peaks, (targets > 0).float())
+        value_weight = self.value_weight if self.baseline == "learned" else 0.0  # the value head is unused otherwise
         out["loss"] = (
             out["label_loss"]
             + out["location_loss"]
-            + self.value_weight * out["value_loss"]
+            + value_weight * out["value_loss"]
             - self.entropy_weight * out["entropy"]
             + self.count_weight * out["count_loss"]
             + self.peak_weight * out["peak_loss"]
         )
+        roll = played["roll"]
         out["reward"] = (roll["reward"] * roll["alive"]).sum(-1).mean()
-        out["location_reward"] = (step_reward * loc_mask).sum() / n
+        out["location_reward"] = (played["step_reward"] * loc_mask).sum() / n
+        out["advantage"] = (advantage * loc_mask).sum() / n
         return out

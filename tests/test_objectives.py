@@ -119,3 +119,222 @@ def test_attention_reward_pays_for_unnamed_density_under_the_mask():
     out = obj(ep, torch.tensor([[1, 0]]))
     # rewards: step 0 label right (+1) + 2 * 0.5; step 1 is past the termination step (not scored)
     assert math.isclose(out["location_reward"].item(), 2.0, rel_tol=1e-6)
+
+
+# -- objective variants (issue 6) -------------------------------------------------------------------
+import pytest  # noqa: E402
+
+from glimpse import multiset  # noqa: E402
+from glimpse.objectives import OracleRollIn  # noqa: E402
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_default_objective_loss_is_unchanged_on_a_fixed_batch():
+    # numbers of main's GlimpseObjective (before the variants) on this seeded batch
+    from omegaconf import OmegaConf
+
+    from glimpse.models.backbone import ConvBackbone
+    from glimpse.models.policy import GlimpsePolicy
+
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "objective" / "multiset.yaml"))
+    torch.manual_seed(0)
+    policy = GlimpsePolicy(ConvBackbone(1, (8, 8, 8), (2, 2, 2), (1, 1, 2)), num_classes=10, hidden=32, key_dim=16, label_dim=8)
+    images = torch.rand(4, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    counts = torch.tensor([[1, 0, 0, 2, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
+                           [0, 1, 0, 0, 1, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0, 0, 3]])
+    obj = GlimpseObjective(**cfg)
+    torch.manual_seed(2)
+    ep = policy(images, obj.num_steps(counts, 5), location_mode="sample", label_mode=obj.label_mode)
+    out = obj(ep, counts)
+    main = {"label_loss": 2.3579726, "location_loss": -3.5185177, "value_loss": 0.3431781, "entropy": 6.4254813,
+            "count_loss": 0.3980113, "peak_loss": 0.1718136, "loss": -0.4255567, "reward": -2.5, "location_reward": -0.6588345}
+    for key, value in main.items():
+        assert math.isclose(out[key].item(), value, rel_tol=1e-5, abs_tol=1e-6), key
+
+
+def test_oracle_distribution_with_repeated_labels_by_hand():
+    # target {0, 0, 1}; greedy roll-in 0, 0, 1, STOP: oracles (2/3, 1/3, 0), (1/2, 1/2, 0), (0, 1, 0), STOP
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 0, 0] = 1.0
+    labels = torch.tensor([[0, 0, 1, 2]])
+    out = GlimpseObjective(count_weight=0.0)(episode(logits, labels), torch.tensor([[2, 1]]))
+    ce = [math.log(math.e + 2) - 2 / 3, math.log(3), math.log(3), math.log(3)]
+    assert math.isclose(out["label_loss"].item(), sum(ce) / 4, rel_tol=1e-6)
+    oracle = multiset.oracle_policy(torch.tensor([[2, 1], [0, 0]]))
+    assert torch.allclose(oracle, torch.tensor([[2 / 3, 1 / 3, 0.0], [0.0, 0.0, 1.0]]))
+
+
+def test_oracle_roll_in_draws_only_remaining_labels_then_stop():
+    torch.manual_seed(0)
+    targets = torch.tensor([[2, 1], [0, 1]])
+    roll_in = OracleRollIn(targets, attended=False)
+    mask, density = torch.zeros(2, 9), torch.zeros(2, K, 3, 3)
+    drawn = torch.stack([roll_in(mask, density) for _ in range(4)], 1)
+    assert sorted(drawn[0, :3].tolist()) == [0, 0, 1] and drawn[0, 3] == 2
+    assert drawn[1].tolist() == [1, 2, 2, 2]
+    # attended: the object under the mask is drawn first
+    roll_in = OracleRollIn(torch.tensor([[1, 1]]), attended=True)
+    density = torch.zeros(1, K, 3, 3)
+    density[0, 1, 2, 2] = 1.0
+    mask = torch.zeros(1, 9)
+    mask[0, 8] = 1.0
+    assert roll_in(mask, density).item() == 1
+
+
+def test_roll_in_after_a_wrong_prediction_greedy_versus_oracle():
+    # target {1}; the greedy roll-in emitted a wrong 0 first: step 1 is still taught 1, not STOP.
+    # The oracle roll-in emits 1 at step 0, so step 1 is taught STOP.
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    targets = torch.tensor([[0, 1]])
+    greedy = GlimpseObjective(count_weight=0.0)(episode(logits, torch.tensor([[0, 1]])), targets)
+    oracle = GlimpseObjective(count_weight=0.0, roll_in="oracle")(episode(logits, torch.tensor([[1, 2]])), targets)
+    step0 = math.log(math.e**2 + 2)  # target 1 with logit 0
+    assert math.isclose(greedy["label_loss"].item(), (step0 + math.log(math.e + 2) - 1) / 2, rel_tol=1e-6)
+    assert math.isclose(oracle["label_loss"].item(), (step0 + math.log(math.e + 2)) / 2, rel_tol=1e-6)
+    assert GlimpseObjective(roll_in="oracle").label_mode == "greedy"
+    assert GlimpseObjective(roll_in="stochastic").label_mode == "sample"
+
+
+def test_policy_follows_the_oracle_roll_in():
+    from glimpse.models.backbone import ConvBackbone
+    from glimpse.models.policy import GlimpsePolicy
+
+    torch.manual_seed(0)
+    policy = GlimpsePolicy(ConvBackbone(1, (8, 8), (2, 2), (1, 1)), num_classes=3, hidden=16, key_dim=8, label_dim=4)
+    targets = torch.tensor([[0, 2, 0], [1, 0, 1]])
+    obj = GlimpseObjective(roll_in="oracle")
+    batch = {"counts": targets}
+    ep = policy(torch.rand(2, 1, 24, 24), 3, label_mode=obj.label_mode, **obj.roll_in_args(batch, 3))
+    assert ep.labels[0].tolist() == [1, 1, 3]
+    assert sorted(ep.labels[1, :2].tolist()) == [0, 2] and ep.labels[1, 2] == 3
+
+
+def test_returns_with_gamma_and_the_batch_mean_baseline():
+    # two images, target {1}; image 0 samples 1, STOP (+1, +1); image 1 samples 0, 1, STOP (-1, +1, +1)
+    logits = torch.zeros(2, 3, 3)
+    labels = torch.tensor([[1, 2, 2], [0, 1, 2]])
+    obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", gamma=0.5, baseline="batch_mean",
+                           count_weight=0.0, peak_weight=0.0, entropy_weight=0.0)
+    out = obj(episode(logits, labels), torch.tensor([[0, 1], [0, 1]]))
+    g0 = [1 + 0.5 * 1, 1.0, 0.0]  # image 0: alive for steps 0, 1
+    g1 = [-1 + 0.5 * (1 + 0.5), 1 + 0.5, 1.0]
+    mean = [(g0[0] + g1[0]) / 2, (g0[1] + g1[1]) / 2, g1[2]]
+    adv = [g0[0] - mean[0], g0[1] - mean[1], g1[0] - mean[0], g1[1] - mean[1], g1[2] - mean[2]]
+    assert math.isclose(out["label_loss"].item(), -sum(adv) * math.log(1 / 3) / 5, abs_tol=1e-6)
+    returns = obj.returns(episode(logits, labels), torch.tensor([[0, 1], [0, 1]]))["label_returns"]
+    assert torch.allclose(returns, torch.tensor([g0, g1]))
+
+
+def test_self_critical_advantage_is_sampled_minus_greedy_return():
+    # target {1}; sampled 0 (wrong), 1, STOP: rewards -1, +1, +1; greedy 1, STOP: +1, +1, then ended (0)
+    targets = torch.tensor([[0, 1]])
+    obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", baseline="self_critical",
+                           count_weight=0.0, peak_weight=0.0, entropy_weight=0.0)
+    greedy = obj.returns(episode(torch.zeros(1, 3, 3), torch.tensor([[1, 2, 2]])), targets)
+    assert greedy["label_returns"].tolist() == [[1.0, 1.0, 0.0]]
+    meta_logp = torch.tensor([[-1.0, -2.0, -3.0]])
+    out = obj(episode(torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]]), meta_logp=meta_logp), targets, greedy=greedy)
+    advantage = [-1 - 1, 1 - 1, 1 - 0]
+    assert math.isclose(out["label_loss"].item(), -sum(advantage) * math.log(1 / 3) / 3, rel_tol=1e-6)
+    assert math.isclose(out["location_loss"].item(), -(-2 * -1.0 + 0 + 1 * -3.0) / 3, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="self_critical"):
+        obj(episode(torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]])), targets)
+
+
+def test_binary_versus_signed_rewards():
+    remaining = torch.tensor([[1, 0]])
+    signed = multiset.action_rewards(remaining, RewardSpecSigned := multiset.RewardSpec())
+    binary = multiset.action_rewards(remaining, RewardSpecSigned.with_scheme("binary"))
+    assert signed.tolist() == [[1.0, -1.0, -1.0]]  # right label, wrong label, STOP one object early
+    assert binary.tolist() == [[1.0, 0.0, 0.0]]
+    labels = torch.tensor([[0, 1, 2]])  # target {1}: wrong, right, right STOP
+    for scheme, total in (("signed", 1.0), ("binary", 2.0)):
+        obj = GlimpseObjective(label_loss="reinforce", reward_scheme=scheme, count_weight=0.0)
+        assert obj(episode(torch.zeros(1, 3, 3), labels), torch.tensor([[0, 1]]))["reward"].item() == total
+
+
+def batch_with_boxes():
+    # image 0: a 1 at top-right (small), a 0 at bottom-left (large), a 1 at top-left (medium)
+    labels = torch.tensor([[1, 0, 1], [0, -1, -1]])
+    boxes = torch.tensor([[[20.0, 0.0, 30.0, 10.0], [0.0, 15.0, 20.0, 30.0], [0.0, 2.0, 12.0, 14.0]],
+                          [[5.0, 5.0, 10.0, 10.0], [0.0] * 4, [0.0] * 4]])
+    return {"image": torch.zeros(2, 1, 30, 30), "counts": torch.tensor([[1, 2], [1, 0]]), "labels": labels,
+            "boxes": boxes, "index": torch.tensor([7, 8])}
+
+
+def test_sequence_order_spatial_and_area_by_hand():
+    batch = batch_with_boxes()
+    # spatial: centres (25, 5), (10, 22.5), (6, 8): rows 5, 8, 22 -> labels 1, 1, 0
+    spatial = GlimpseObjective(label_loss="sequence", sequence_order="spatial").label_sequence(batch)
+    assert spatial.tolist() == [[1, 1, 0, 2], [0, 2, 2, 2]]
+    # area: 300, 144, 100 -> labels 0, 1 (medium), 1 (small)
+    area = GlimpseObjective(label_loss="sequence", sequence_order="area").label_sequence(batch)
+    assert area.tolist() == [[0, 1, 1, 2], [0, 2, 2, 2]]
+    # random: a permutation of the labels, the same every call, another one for some seed
+    orders = {tuple(GlimpseObjective(label_loss="sequence", sequence_seed=s).label_sequence(batch)[0].tolist())
+              for s in range(8)}
+    assert all(sorted(o[:3]) == [0, 1, 1] and o[3] == 2 for o in orders) and len(orders) > 1
+    obj = GlimpseObjective(label_loss="sequence", sequence_seed=3)
+    assert torch.equal(obj.label_sequence(batch), obj.label_sequence(batch))
+
+
+def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
+    batch = batch_with_boxes()
+    obj = GlimpseObjective(label_loss="sequence", sequence_order="area", count_weight=0.0)
+    steps = obj.num_steps(batch["counts"], 9)
+    assert steps == 4
+    forced = obj.roll_in_args(batch, steps)["actions"]["labels"]
+    logits = torch.zeros(2, 4, 3)
+    logits[0, 0, 0] = 2.0  # right at step 0 of image 0
+    out = obj(episode(logits, forced), batch["counts"], batch)
+    # image 0: 4 steps (0, 1, 1, STOP), image 1: 2 steps (0, STOP)
+    ce = [math.log(math.e**2 + 2) - 2] + [math.log(3)] * 5
+    assert math.isclose(out["label_loss"].item(), sum(ce) / 6, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="boxes"):
+        obj.label_sequence({"labels": batch["labels"], "counts": batch["counts"]})
+
+
+def test_box_reward_pays_a_glimpse_in_an_unclaimed_box_of_the_emitted_label():
+    batch = {"image": torch.zeros(1, 1, 30, 30), "counts": torch.tensor([[1, 0]]), "labels": torch.tensor([[0]]),
+             "boxes": torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])}
+    obj = GlimpseObjective(count_weight=0.0, peak_weight=0.0, location_reward="sampled", box_reward=2.0)
+    ep = episode(torch.zeros(1, 2, 3), torch.tensor([[0, 2]]))
+    ep.meta_locations = torch.tensor([[0, 0]])  # cell 0, centre (5, 5): inside the box of class 0
+    assert math.isclose(obj(ep, batch["counts"], batch)["location_reward"].item(), 1 + 2.0)
+    ep.meta_locations = torch.tensor([[8, 0]])  # centre (25, 25): outside
+    assert math.isclose(obj(ep, batch["counts"], batch)["location_reward"].item(), 1.0)
+    with pytest.raises(ValueError, match="objective.box_reward"):
+        obj(ep, batch["counts"])
+
+
+@pytest.mark.parametrize("key, value", [("baseline", "greedy"), ("roll_in", "sample"), ("sequence_order", "depth"),
+                                        ("reward_scheme", "ternary")])
+def test_bad_variant_values_are_named(key, value):
+    with pytest.raises(ValueError, match=f"objective.{key}='{value}' is not known; choose one of"):
+        GlimpseObjective(**{key: value})
+    with pytest.raises(ValueError, match="objective.roll_in='oracle' needs objective.label_loss=multiset"):
+        GlimpseObjective(label_loss="reinforce", roll_in="oracle")
+
+
+OBJECTIVES = sorted(p.stem for p in (ROOT / "configs" / "objective").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_each_objective_config_composes_and_trains_one_step(name):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"objective={name}", "logger=none", "data.train_size=4", "data.val_size=4",
+                                          "data.test_size=4", "data.batch_size=4", "data.num_workers=0",
+                                          "model.policy.hidden=16", "model.policy.saliency_hidden=8"])
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model, _recursive_=False, num_classes=datamodule.num_classes,
+                         class_names=datamodule.class_names, max_steps=datamodule.max_objects + 1)
+    assert module.objective.label_loss in name or name.startswith("multiset")
+    torch.manual_seed(0)
+    loss = module.training_step(next(iter(datamodule.train_dataloader())), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert module.policy.meta.query.weight.grad.abs().sum() > 0  # the location policy learns in every variant

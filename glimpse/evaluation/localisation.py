@@ -120,6 +120,17 @@ def step_centres(episode, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     return every[:, :, -1], every
 
 
+def glimpse_hits(episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, dict]:
+    """``hits (B, T)``: steps that emitted a right label (before the first STOP) and whose final
+    glimpse centre claimed a not-yet-claimed box of that class; and the replayed episode
+    (:func:`multiset.rollout`)."""
+    labels = episode.labels
+    played = multiset.rollout(counts, labels)
+    correct = played["correct"] & played["alive"] & (labels < counts.shape[1])
+    final, _ = step_centres(episode, image_hw)
+    return claim_hits(final, labels, correct, boxes, box_labels), played
+
+
 def localisation_scores(episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> dict[str, Tensor]:
     """Per image and step, the numerators and denominators of the three localisation metrics.
 
@@ -130,11 +141,10 @@ def localisation_scores(episode, counts: Tensor, boxes: Tensor, box_labels: Tens
     kept per image they give bootstrap intervals.
     """
     labels = episode.labels
-    played = multiset.rollout(counts, labels)
+    hits, played = glimpse_hits(episode, counts, boxes, box_labels, image_hw)
     emitted = played["alive"] & (labels < counts.shape[1])  # (B, T) steps that emitted a label
     correct = played["correct"] & emitted
-    final, every = step_centres(episode, image_hw)
-    hits = claim_hits(final, labels, correct, boxes, box_labels)
+    _, every = step_centres(episode, image_hw)
 
     valid = box_labels >= 0
     landed = points_in_boxes(every.flatten(1, 2), boxes, valid)  # (B, T*k', N)

@@ -17,6 +17,7 @@ All of it is batched; the only Python loops are over the T meta steps and k glim
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -183,8 +184,13 @@ class GlimpsePolicy(nn.Module):
         label_mode: str = "greedy",
         actions: dict[str, Tensor] | None = None,
         record: bool = False,
+        label_roll_in: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Episode:
-        """Roll out ``num_steps`` meta steps on a batch; ``actions`` replays recorded decisions."""
+        """Roll out ``num_steps`` meta steps on a batch; ``actions`` replays recorded decisions.
+
+        ``label_roll_in(attention_mask (B, h*w), class_density (B, K, h, w)) -> labels (B,)``,
+        when given, picks each step's label instead of the model (oracle roll-in).
+        """
         for name, mode in (("location_mode", location_mode), ("label_mode", label_mode)):
             if mode not in ("sample", "greedy"):
                 raise ValueError(f"{name} must be 'sample' or 'greedy', got {mode!r}")
@@ -233,7 +239,8 @@ class GlimpsePolicy(nn.Module):
             h_ctrl, c_ctrl = self.controller.cell(torch.cat([g0, g0, log_mass], -1), (h_ctrl, c_ctrl))
             label_logits = self.controller.classifier(torch.cat([h_ctrl, g0], -1))
             forced = actions.get("labels")
-            label, _, _ = _choose(label_logits, label_mode, None if forced is None else forced[:, t])
+            forced = forced[:, t] if forced is not None else None if label_roll_in is None else label_roll_in(mask, class_density)
+            label, _, _ = _choose(label_logits, label_mode, forced)
 
             empty = image.new_zeros(batch, 0)
             keep(

@@ -1,0 +1,214 @@
+"""Compare training objectives on the same data, seeds and wall-clock budget.
+
+    python -m glimpse.compare objectives=[multiset,reinforce] seeds=[0,1,2] budget_minutes=10 \
+        data=mnist_multi_4 [output=benchmarks/objectives.md] [overrides=[data.train_size=20000]]
+
+Each (objective, seed) is one ``train.py`` run in a subprocess, stopped by Lightning's
+``trainer.max_time`` after ``budget_minutes`` of fitting (validation included), then tested.
+The script reads each run's ``metrics.json`` and writes one markdown table (mean ± standard
+deviation over the seeds, test split) and, with ``logger=wandb``, the same table to W&B.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from glimpse.run import ConfigError, user_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+# (column, metrics.json key): the test split's headline numbers
+COLUMNS = (
+    ("exact match", "test/multiset/exact_match"),
+    ("precision", "test/multiset/precision"),
+    ("recall", "test/multiset/recall"),
+    ("F1", "test/multiset/f1"),
+    ("glimpse hit rate", "test/localisation/glimpse_hit_rate"),
+)
+
+
+@dataclass
+class CompareConfig:
+    objectives: list = field(default_factory=lambda: ["multiset", "reinforce"])  # configs/objective/<name>.yaml
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    budget_minutes: float = 10.0  # wall clock of each run's fit (trainer.max_time)
+    data: str = "mnist_multi_4"  # configs/data/<name>.yaml
+    overrides: list = field(default_factory=list)  # more train.py overrides, the same for every run
+    logger: str = "none"  # configs/logger/<name>.yaml, for the runs and (wandb) the table
+    output: str = "benchmarks/objectives.md"
+    append: bool = False  # add the table to the end of `output` instead of replacing it
+    runs_dir: str = ""  # where the runs go; "" = outputs/compare/<UTC time>
+    note: str = ""  # a line printed above the table (e.g. "smoke budget")
+
+
+def config_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+
+
+def parse(argv: list[str]) -> CompareConfig:
+    """``key=value`` arguments (lists as ``[a,b]``) onto :class:`CompareConfig`; bad ones are a ConfigError."""
+    allowed = list(CompareConfig.__dataclass_fields__)
+    bad = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in allowed]
+    if bad:
+        raise ConfigError(f"unknown argument {bad[0]!r}; give key=value with key one of {allowed}")
+    text = {"data", "logger", "output", "runs_dir", "note"}  # taken as written (a note may hold a colon)
+    pairs = [a.split("=", 1) for a in argv]
+    given = OmegaConf.to_container(OmegaConf.from_dotlist([a for a, (k, _) in zip(argv, pairs) if k not in text]))
+    given.update({k: v for k, v in pairs if k in text})
+    cfg = CompareConfig(**{**CompareConfig().__dict__, **given})
+    for key in ("objectives", "seeds", "overrides"):
+        value = getattr(cfg, key)
+        if not isinstance(value, list):
+            setattr(cfg, key, [value])
+    for key, names, group in (("objectives", cfg.objectives, "objective"), ("data", [cfg.data], "data"),
+                              ("logger", [cfg.logger], "logger")):
+        unknown = [n for n in names if str(n) not in config_names(group)]
+        if unknown:
+            raise ConfigError(f"{key}={unknown[0]} is not a config in configs/{group}; choose from {config_names(group)}")
+    if not cfg.objectives or not cfg.seeds:
+        raise ConfigError("objectives and seeds must each name at least one value, e.g. objectives=[multiset] seeds=[0]")
+    if not all(isinstance(s, int) for s in cfg.seeds):
+        raise ConfigError(f"seeds={cfg.seeds} must be integers")
+    if isinstance(cfg.budget_minutes, bool) or not isinstance(cfg.budget_minutes, (int, float)) or not cfg.budget_minutes > 0:
+        raise ConfigError(f"budget_minutes={cfg.budget_minutes} must be a number of minutes > 0")
+    return cfg
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``DD:HH:MM:SS`` for a budget in minutes (whole seconds, at least one)."""
+    seconds = max(round(minutes * 60), 1)
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dict:
+    """Train and test one (objective, seed) in a subprocess; its metrics, wall time and return code."""
+    overrides = [
+        f"objective={objective}", f"seed={seed}", f"data={cfg.data}", f"logger={cfg.logger}",
+        f"paths.output_dir={run_dir}", f"trainer.max_time='{max_time(cfg.budget_minutes)}'",
+        "trainer.max_epochs=-1",  # the budget stops training
+        "model.scheduler=constant",  # a cosine schedule needs a known number of steps
+        "test=true", *map(str, cfg.overrides),
+    ]
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=float(cfg.budget_minutes) * 60 * 3 + 900)
+    wall = time.perf_counter() - start
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if proc.returncode == 0 and metrics_path.is_file() else {}
+    if not metrics:
+        print(f"  {objective} seed {seed} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}", file=sys.stderr)
+    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": proc.returncode}
+
+
+def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
+    """Per objective: mean and standard deviation over the seeds of each column and the wall time."""
+    rows = []
+    for objective in objectives:
+        done = [r for r in runs if r["objective"] == objective and r["metrics"]]
+        row = {"objective": objective, "runs": len(done), "seeds": len([r for r in runs if r["objective"] == objective])}
+        columns = [(name, [r["metrics"].get(key, float("nan")) for r in done]) for name, key in COLUMNS]
+        columns.append(("wall time (s)", [r["wall_time"] for r in done]))
+        for name, values in columns:
+            values = [v for v in values if math.isfinite(v)]  # NaN: nothing to score (e.g. no right label to hit)
+            row[name] = (statistics.fmean(values) if values else float("nan"),
+                         statistics.stdev(values) if len(values) > 1 else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def fmt(mean: float, spread: float, digits: int) -> str:
+    if mean != mean:  # NaN: no run finished
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if spread != spread else f" ± {spread:.{digits}f}")
+
+
+def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path) -> str:
+    """One section: what ran, on which machine, and the table."""
+    names = [name for name, _ in COLUMNS] + ["wall time (s)"]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = (f"{platform.node()}: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
+               f"Python {platform.python_version()}, torch {version('torch')}")
+    lines = [f"## data={cfg.data}, {cfg.budget_minutes:g} min per run, seeds {list(cfg.seeds)}", ""]
+    if cfg.note:
+        lines += [cfg.note, ""]
+    lines += [
+        f"- command: `{command}`",
+        f"- machine: {machine}; {when}",
+        "- each run: `train.py` stopped by `trainer.max_time` after the budget of fitting (validation included), "
+        "constant learning rate, then the test split with the best checkpoint by val F1; "
+        f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",
+        "- mean ± standard deviation over the seeds (test split; a run with nothing to score, NaN, is left out of "
+        "that column); wall time is the whole run (start-up, fit, test)",
+        "",
+        "| objective | " + " | ".join(names) + " | runs |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for row in rows:
+        cells = [fmt(*row[name], 1 if name.startswith("wall") else 3) for name in names]
+        lines.append(f"| `{row['objective']}` | " + " | ".join(cells) + f" | {row['runs']}/{row['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def log_wandb_table(cfg: CompareConfig, rows: list[dict], runs_dir: Path) -> None:
+    """The table as a W&B Table in its own run (offline unless logged in, see glimpse.loggers)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from glimpse.loggers import wandb_logger
+
+    logger = wandb_logger(save_dir=str(runs_dir), name=f"compare-{cfg.data}", tags=["compare"])
+    if not isinstance(logger, WandbLogger):
+        return  # W&B could not start: the markdown table is the record
+    names = [name for name, _ in COLUMNS] + ["wall time (s)"]
+    columns = ["objective"] + [c for name in names for c in (name, f"{name} std")] + ["runs"]
+    data = [[row["objective"]] + [v for name in names for v in row[name]] + [row["runs"]] for row in rows]
+    logger.log_table(key="objectives", columns=columns, data=data)
+    logger.experiment.finish()
+
+
+def compare(cfg: CompareConfig, command: str) -> list[dict]:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    runs_dir = Path(cfg.runs_dir or ROOT / "outputs" / "compare" / stamp).resolve()
+    runs = []
+    for objective in cfg.objectives:
+        for seed in cfg.seeds:
+            print(f"{objective} seed {seed}: {cfg.budget_minutes:g} min ...", flush=True)
+            runs.append(run_one(cfg, objective, seed, runs_dir / objective / f"seed_{seed}"))
+            f1 = runs[-1]["metrics"].get("test/multiset/f1")
+            print(f"  test F1 {f1 if f1 is None else round(f1, 4)}, wall time {runs[-1]['wall_time']:.0f} s", flush=True)
+    rows = summarise(runs, cfg.objectives)
+    section = markdown(cfg, rows, command, runs_dir)
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.append and output.is_file():
+        output.write_text(output.read_text().rstrip("\n") + "\n\n" + section)
+    else:
+        output.write_text("# Objectives compared\n\n" + section)
+    print(section)
+    if cfg.logger == "wandb":
+        log_wandb_table(cfg, rows, runs_dir)
+    return runs
+
+
+@user_errors
+def main(argv: list[str]) -> int:
+    cfg = parse(argv)
+    runs = compare(cfg, "python -m glimpse.compare " + " ".join(shlex.quote(a) for a in argv))
+    failed = [r for r in runs if not r["metrics"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

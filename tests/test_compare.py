@@ -1,0 +1,77 @@
+"""glimpse.compare: the table from hand-made runs, bad arguments, and a tiny real comparison."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from glimpse.compare import CompareConfig, markdown, max_time, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "[data.train_size=64,data.val_size=16,data.test_size=16,data.batch_size=16,data.num_workers=0,model.policy.hidden=16,~callbacks.heatmap_metrics]"
+
+
+def compare(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, "-m", "glimpse.compare", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)
+
+
+def fake_run(objective, seed, f1, hit, wall, failed=False):
+    metrics = {} if failed else {"test/multiset/exact_match": f1 / 2, "test/multiset/precision": f1, "test/multiset/recall": f1,
+                                 "test/multiset/f1": f1, "test/localisation/glimpse_hit_rate": hit}
+    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": 1 if failed else 0}
+
+
+def test_table_is_the_mean_and_spread_over_seeds(tmp_path):
+    runs = [fake_run("multiset", 0, 0.8, 0.5, 100.0), fake_run("multiset", 1, 0.9, 0.7, 110.0),
+            fake_run("reinforce", 0, 0.2, 0.1, 90.0), fake_run("reinforce", 1, 0.0, 0.0, 0.0, failed=True),
+            fake_run("sequence_area", 0, 0.0, float("nan"), 80.0)]  # no right label: no hit rate
+    rows = summarise(runs, ["multiset", "reinforce", "sequence_area"])
+    mean, std = rows[0]["F1"]
+    assert math.isclose(mean, 0.85) and math.isclose(std, math.sqrt(0.005))  # sample std of 0.8, 0.9
+    assert rows[0]["wall time (s)"][0] == 105.0 and rows[1]["runs"] == 1 and rows[1]["seeds"] == 2
+    text = markdown(CompareConfig(note="smoke budget"), rows, "python -m glimpse.compare", tmp_path)
+    assert "| `multiset` | 0.425 ± 0.035 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.600 ± 0.141 | 105.0 ± 7.1 | 2/2 |" in text
+    assert "| `reinforce` | 0.100 | 0.200 | 0.200 | 0.200 | 0.100 | 90.0 | 1/2 |" in text  # one seed: no spread
+    assert "| `sequence_area` | 0.000 | 0.000 | 0.000 | 0.000 | — | 80.0 | 1/1 |" in text
+    assert "smoke budget" in text and "CPU cores" in text
+
+
+def test_budget_is_lightnings_max_time():
+    assert max_time(0.05) == "00:00:00:03" and max_time(90) == "00:01:30:00" and max_time(1e-4) == "00:00:00:01"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["objectives=[multiset,nope]"], "objectives=nope is not a config in configs/objective"),
+    (["seeds=[0,x]"], "seeds="),
+    (["budget_minutes=0"], "budget_minutes=0 must be a number of minutes > 0"),
+    (["data=imagenet"], "data=imagenet is not a config in configs/data"),
+    (["budget=3"], "unknown argument 'budget=3'"),
+])
+def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, args, message):
+    out = tmp_path / "table.md"
+    proc = compare(*args, f"output={out}", f"runs_dir={tmp_path / 'runs'}")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_compare_two_objectives_two_seeds_on_a_tiny_budget(tmp_path):
+    out = tmp_path / "objectives.md"
+    proc = compare("objectives=[multiset,reinforce_self_critical]", "seeds=[0,1]", "budget_minutes=0.04",
+                   "data=multiset_mnist", f"overrides={TINY}", f"output={out}", f"runs_dir={tmp_path / 'runs'}",
+                   "logger=wandb", "note=smoke budget: not a result")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for objective in ("multiset", "reinforce_self_critical"):
+        for seed in (0, 1):
+            metrics = json.loads((tmp_path / "runs" / objective / f"seed_{seed}" / "metrics.json").read_text())
+            assert 0.0 <= metrics["test/multiset/f1"] <= 1.0
+    text = out.read_text()
+    assert text.startswith("# Objectives compared") and "smoke budget: not a result" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == 2 and all(line.endswith("| 2/2 |") and " ± " in line for line in rows)
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*")), "logger=wandb keeps the table in an offline run"
