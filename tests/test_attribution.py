@@ -10,8 +10,10 @@ from glimpse.attribution.methods import METHODS, NO_TARGET, attribute
 from glimpse.models.backbone import ConvBackbone
 from glimpse.models.policy import GlimpsePolicy
 
-captum_attr = pytest.importorskip("captum.attr")
-grad_cam = pytest.importorskip("pytorch_grad_cam")
+
+
+def captum_attr():  # imported only by the tests that compare with it (slow to import)
+    return pytest.importorskip("captum.attr")
 
 
 def small_cnn(classes=5):
@@ -52,6 +54,7 @@ def _grad_cam_raw(cls, model, layer, images, target):
 @pytest.mark.parametrize("name, cls", [("gradcam", "GradCAM"), ("gradcam_plus_plus", "GradCAMPlusPlus"),
                                        ("global_guidance_map", "GradCAMElementWise")])
 def test_cams_equal_pytorch_grad_cam(case, name, cls):
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
     model, images, targets, maps = case
     for m in range(targets.shape[1]):
         ref = _grad_cam_raw(getattr(grad_cam, cls), model, model[4], images, targets[:, m])
@@ -61,20 +64,20 @@ def test_cams_equal_pytorch_grad_cam(case, name, cls):
 def test_gradcam_equals_captum_layer_gradcam(case):
     model, images, targets, maps = case
     for m in range(targets.shape[1]):
-        ref = captum_attr.LayerGradCam(model, model[4]).attribute(images, target=targets[:, m], relu_attributions=True)[:, 0]
+        ref = captum_attr().LayerGradCam(model, model[4]).attribute(images, target=targets[:, m], relu_attributions=True)[:, 0]
         assert torch.allclose(maps["gradcam"][:, m], ref, atol=1e-5)
 
 
 def test_gradient_and_ig_equal_captum(case):
     model, images, targets, maps = case
     for m in range(targets.shape[1]):
-        ref = captum_attr.Saliency(model).attribute(images.clone().requires_grad_(), target=targets[:, m]).amax(1)
+        ref = captum_attr().Saliency(model).attribute(images.clone().requires_grad_(), target=targets[:, m]).amax(1)
         assert torch.allclose(maps["gradient"][:, m], ref, atol=1e-5)
-        ref = captum_attr.IntegratedGradients(model).attribute(images, target=targets[:, m], n_steps=20, method="gausslegendre")
+        ref = captum_attr().IntegratedGradients(model).attribute(images, target=targets[:, m], n_steps=20, method="gausslegendre")
         assert torch.allclose(maps["integrated_gradients"][:, m], ref.sum(1), atol=1e-5)
     for rule in ("riemann_trapezoid", "riemann_middle", "riemann_left"):
         ours = attribute(model, images, targets[:, :1], ["integrated_gradients"], ig_steps=7, ig_rule=rule)["integrated_gradients"]
-        ref = captum_attr.IntegratedGradients(model).attribute(images, target=targets[:, 0], n_steps=7, method=rule).sum(1)
+        ref = captum_attr().IntegratedGradients(model).attribute(images, target=targets[:, 0], n_steps=7, method=rule).sum(1)
         if rule == "riemann_trapezoid":  # captum's trapezoid weights are 1/n (sum (n-1)/n); ours 1/(n-1) (sum 1)
             ref = ref * 7 / 6
         assert torch.allclose(ours[:, 0], ref, atol=1e-5), rule
@@ -183,3 +186,52 @@ def test_episode_maps_equal_one_target_at_a_time(glimpse_case):
         g = torch.autograd.grad(logit, x)[0][b]
         assert torch.allclose(maps["gradient"][b, t], g.abs().amax(0), atol=1e-6)
     assert maps["gradient"][1, 1].abs().sum() == 0
+
+
+def test_heatmap_registry_scores_attribution_methods(glimpse_case):
+    """The evaluation registry's maps are attribute_episode's rows, upsampled with the cell geometry."""
+    from glimpse.evaluation.heatmap_eval import resolve_methods
+    from glimpse.models.attention import upsample_cells
+
+    policy, images, episode = glimpse_case
+    methods = resolve_methods(["saliency_map", "gradcam", "gradient"])
+    rows = torch.tensor([[0, 0, 2], [1, 2, 1], [1, 0, 3]])  # (image, step, class)
+    grid = torch.full_like(episode.labels, NO_TARGET)
+    grid[rows[:, 0], rows[:, 1]] = rows[:, 2]
+    ref = attribute_episode(policy, images, ["gradcam", "gradient"], episode=episode, targets=grid, upsample=False)
+    cam = methods["gradcam"](policy, images, episode, rows)
+    assert cam.shape == (3, 48, 48)
+    expected = upsample_cells(ref["gradcam"][rows[:, 0], rows[:, 1]], (48, 48), episode.cell_stride)
+    assert torch.allclose(cam, expected)
+    assert torch.allclose(methods["gradient"](policy, images, episode, rows), ref["gradient"][rows[:, 0], rows[:, 1]])
+    with pytest.raises(ValueError, match="gradcam_typo"):
+        resolve_methods(["gradcam_typo"])
+
+
+def test_smoke_run_leaves_heatmap_pngs_and_wandb_images(smoke_run):
+    """experiment=smoke logger=wandb: grids in heatmaps/epoch_XXX/ and as images in the offline W&B run."""
+    out, _ = smoke_run
+    epochs = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert epochs == ["epoch_000", "epoch_001"]  # every validation epoch (the last one also covers fit's end)
+    for epoch in epochs:
+        pngs = sorted((out / "heatmaps" / epoch).glob("image_*.png"))
+        assert [p.name for p in pngs] == ["image_0.png", "image_1.png"] and all(p.stat().st_size > 10_000 for p in pngs)
+    media = list((out / "wandb").glob("offline-run-*/files/media/images/heatmaps_*.png"))
+    assert len(media) >= 4, "the heatmap grids are in the offline W&B run"
+
+
+@pytest.mark.slow
+def test_training_with_and_without_the_callback_gives_identical_weights(tmp_path):
+    """The callback draws no random numbers from training's stream and leaves weights and grads alone."""
+    from conftest import TINY, run
+
+    base = [o for o in TINY if not o.startswith("callbacks.heatmaps")] + ["logger=none", "test=false", "trainer.max_epochs=2",
+                                                                        "data.train_size=64", "callbacks.heatmap_metrics=null"]
+    run("train.py", *base, "callbacks.heatmaps=null", f"paths.output_dir={tmp_path / 'without'}")
+    run("train.py", *base, "callbacks.heatmaps.num_images=2", "callbacks.heatmaps.ig_steps=2",
+        f"paths.output_dir={tmp_path / 'with'}")
+    assert len(list((tmp_path / "with" / "heatmaps").rglob("*.png"))) == 4
+    without = torch.load(tmp_path / "without" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    with_ = torch.load(tmp_path / "with" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert without.keys() == with_.keys()
+    assert all(torch.equal(without[k], with_[k]) for k in without)
