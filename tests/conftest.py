@@ -1,4 +1,32 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny runs of train.py; the attribution heatmaps are off where they are not under test
+TINY = ["data.train_size=128", "data.val_size=32", "data.test_size=32", "data.batch_size=32", "trainer.max_epochs=1",
+        "model.policy.hidden=32", "data.num_workers=0", "callbacks.heatmaps=null"]
+
+
+def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one of the project's commands (train.py, evaluate.py) as a user would."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One `python train.py experiment=smoke logger=wandb` for every test that reads its output."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run("train.py", "experiment=smoke", "logger=wandb", f"paths.output_dir={out}")
+    return out, proc

@@ -278,7 +278,7 @@ def test_rollout_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for script, *overrides in (
-        ("train.py", "experiment=smoke", "logger=none", "test=false", f"paths.output_dir={tmp_path / 'train'}"),
+        ("train.py", "experiment=smoke", "logger=none", "test=false", "callbacks.heatmaps=null", f"paths.output_dir={tmp_path / 'train'}"),
         ("evaluate.py", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "data.test_size=64",
          "data.num_workers=0", f"paths.output_dir={tmp_path / 'eval'}"),
     ):

@@ -359,7 +359,7 @@ def _compose(config: str, overrides: list[str]):
 
 TINY_RUN = ["data.image_size=64", "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1",
             "trainer.deterministic=false", "trainer.enable_progress_bar=false", "model.policy.hidden=16",
-            "model.policy.key_dim=16", "model.warmup_steps=1", "logger=none"]
+            "model.policy.key_dim=16", "model.warmup_steps=1", "logger=none", "callbacks.heatmaps=null"]
 
 
 def test_smoke_training_and_evaluation_on_voc(voc_root, tmp_path):

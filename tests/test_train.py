@@ -1,31 +1,11 @@
 """End-to-end: the real commands on small real data, and bad input that loses nothing."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.train_size=128", "data.val_size=32", "data.test_size=32", "data.batch_size=32", "trainer.max_epochs=1",
-        "model.policy.hidden=32", "data.num_workers=0"]
+from glimpse.attribution.methods import METHODS
 
-
-def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    proc = run("train.py", "experiment=smoke", "logger=wandb", f"paths.output_dir={out}")
-    return out, proc
+from conftest import TINY, run
 
 
 def test_smoke_experiment_writes_checkpoint_metrics_and_wandb_run(smoke_run):
@@ -51,8 +31,9 @@ def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
     for who in ("", "random/", "saliency/"):  # the model and its two baselines
         for key in ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box"):
             assert 0.0 <= metrics[f"localisation/{who}{key}"] <= 1.0
-    for key in ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc"):
-        assert 0.0 <= metrics[f"attribution/saliency_map/{key}"] <= 1.0
+    for method in ("saliency_map", *METHODS):  # evaluate.yaml scores every attribution method
+        for key in ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc"):
+            assert 0.0 <= metrics[f"attribution/{method}/{key}"] <= 1.0, (method, key)
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# glimpse evaluation") and "![trajectories](trajectories.png)" in report
     assert "## Per class" in report and "![worst](worst.png)" in report and "![steps](steps.png)" in report

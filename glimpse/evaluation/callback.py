@@ -14,6 +14,22 @@ import torch
 from glimpse.evaluation.heatmap_eval import HeatmapEvaluation, resolve_methods
 
 
+def fixed_validation_batch(trainer: pl.Trainer, num_images: int) -> dict | None:
+    """The first ``num_images`` items of the validation split as one batch (the same every
+    epoch: the datasets compose items deterministically), or None without boxes."""
+    dataset = trainer.datamodule.datasets.get("val") if trainer.datamodule is not None else None
+    if dataset is None or len(dataset) == 0:
+        return None
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(num_images, len(dataset)))])
+    if "boxes" not in batch:
+        return None
+    return batch
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 class HeatmapMetrics(pl.Callback):
     """Logs ``val/attribution/<method>/<metric>`` at the end of validation epochs.
 
@@ -36,18 +52,6 @@ class HeatmapMetrics(pl.Callback):
         self.num_images, self.every, self.steps = int(num_images), int(perturbation_every_n_epochs), int(perturbation_steps)
         self._batch: dict | None = None
 
-    def _fixed_batch(self, trainer: pl.Trainer, device: torch.device) -> dict | None:
-        if self._batch is None:
-            dataset = trainer.datamodule.datasets["val"] if trainer.datamodule is not None else None
-            if dataset is None or len(dataset) == 0:
-                return None
-            items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
-            batch = torch.utils.data.default_collate(items)
-            if "boxes" not in batch:
-                return None
-            self._batch = batch
-        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in self._batch.items()}
-
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -55,9 +59,10 @@ class HeatmapMetrics(pl.Callback):
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         perturb = self.every > 0 and ((epoch + 1) % self.every == 0 or last)
         with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
-            batch = self._fixed_batch(trainer, pl_module.device)
-            if batch is None:
+            self._batch = self._batch or fixed_validation_batch(trainer, self.num_images)
+            if self._batch is None:
                 return
+            batch = on_device(self._batch, pl_module.device)
             was_training = pl_module.training
             pl_module.eval()
             try:

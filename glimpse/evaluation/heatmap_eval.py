@@ -3,7 +3,9 @@
 A target is ``(image, step, class)``: a classification step whose emitted label was right.
 Each method maps targets to heatmaps ``(N, H, W)`` at image resolution; the built-in
 ``saliency_map`` is the model's own density of that class (its saliency map split by
-class), upsampled bilinearly. Attribution methods plug in with the same signature.
+class), upsampled bilinearly; the attribution methods of :mod:`glimpse.attribution`
+(``gradcam``, ``integrated_gradients``, ...) explain the label logit of the target's step
+with the episode replayed (:class:`AttributionMethods`).
 Deletion and insertion score the probability of the target label at the target's step,
 with the episode's recorded actions replayed on the perturbed image, so they measure the
 decision that was actually taken.
@@ -16,6 +18,9 @@ import torch
 from torch import Tensor
 
 from glimpse import multiset
+from glimpse.attribution.episode import attribute_episode
+from glimpse.attribution.methods import METHODS as ATTRIBUTION_METHODS
+from glimpse.attribution.methods import NO_TARGET
 from glimpse.evaluation import heatmaps
 from glimpse.models.attention import upsample_cells
 from glimpse.models.policy import Episode
@@ -33,13 +38,45 @@ def saliency_map_method(model, images: Tensor, episode: Episode, targets: Tensor
 BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}
 
 
+class AttributionMethods:
+    """The attribution methods of :mod:`glimpse.attribution` as heatmap methods.
+
+    All requested methods come from one :func:`~glimpse.attribution.episode.attribute_episode`
+    call per batch (one forward pass, batched gradients): the targets ``(N, 3)`` become a
+    ``(B, T)`` grid of classes per meta step (NO_TARGET elsewhere), the maps are computed at
+    the layer's resolution and cell-sized ones upsampled with the backbone's cell geometry
+    (:func:`~glimpse.models.attention.upsample_cells`). The first method asked for a batch
+    computes them all; the others read the cache.
+    """
+
+    def __init__(self, names) -> None:
+        self.names = list(names)
+        self._for: tuple | None = None
+        self._maps: dict[str, Tensor] = {}
+
+    def method(self, name: str) -> Method:
+        return lambda model, images, episode, targets: self.maps(name, model, images, episode, targets)
+
+    def maps(self, name: str, model, images: Tensor, episode: Episode, targets: Tensor) -> Tensor:
+        if self._for is None or any(a is not b for a, b in zip(self._for, (model, images, episode, targets))):
+            grid = torch.full_like(episode.labels, NO_TARGET)
+            grid[targets[:, 0], targets[:, 1]] = targets[:, 2]
+            self._maps = attribute_episode(model, images, self.names, episode=episode, targets=grid, upsample=False)
+            self._for = (model, images, episode, targets)
+        maps = self._maps[name][targets[:, 0], targets[:, 1]]  # (N, h, w) or (N, H, W)
+        hw = tuple(images.shape[-2:])
+        return maps if tuple(maps.shape[-2:]) == hw else upsample_cells(maps, hw, episode.cell_stride)
+
+
 def resolve_methods(names, key: str = "heatmaps.methods") -> dict[str, Method]:
     """The methods named in a config, or a ValueError naming the config key and the known names."""
     names = list(names)
-    unknown = sorted(set(names) - set(BUILTIN))
+    known = list(BUILTIN) + list(ATTRIBUTION_METHODS)
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"{key} has unknown methods {unknown}; choose from {sorted(BUILTIN)}")
-    return {name: BUILTIN[name] for name in names}
+        raise ValueError(f"{key} has unknown methods {unknown}; choose from {known}")
+    attribution = AttributionMethods([n for n in names if n in ATTRIBUTION_METHODS])
+    return {name: BUILTIN[name] if name in BUILTIN else attribution.method(name) for name in names}
 
 
 def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:

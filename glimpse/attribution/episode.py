@@ -1,0 +1,111 @@
+"""Attribution of the glimpse model's decisions: the recorded episode replayed.
+
+The label emitted at meta step ``t`` depends on where the model looked, and those locations
+are discrete samples. To explain the decision actually taken, the policy is run again with
+the recorded location actions (and emitted labels) forced, so the only thing that changes
+under a perturbation is the image; the target of step ``t`` is the logit of the label it
+emitted (before the softmax, STOP excluded from the classes).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from glimpse import multiset
+from glimpse.attribution.methods import NO_TARGET, attribute
+from glimpse.models.attention import upsample_cells
+from glimpse.models.policy import Episode, GlimpsePolicy
+
+
+def policy_of(model: nn.Module) -> tuple[GlimpsePolicy, str]:
+    """The :class:`GlimpsePolicy` of a GlimpseModule (or the policy itself) and its module-name prefix."""
+    if isinstance(model, GlimpsePolicy):
+        return model, ""
+    policy = getattr(model, "policy", None)
+    if not isinstance(policy, GlimpsePolicy):
+        raise ValueError(f"expected a GlimpsePolicy or a module with .policy, got {type(model).__name__}")
+    return policy, "policy."
+
+
+def default_layer(model: nn.Module) -> str:
+    """Name (in ``model.named_modules()``) of the last feature layer of the policy's backbone:
+    the last module of ``backbone.features`` (``policy.backbone.features.14`` for the default
+    conv backbone, ``...features.6`` = layer3 for a ResNet cut after 3 stages)."""
+    policy, prefix = policy_of(model)
+    features = getattr(policy.backbone, "features", None)
+    if isinstance(features, nn.Sequential) and len(features):
+        return f"{prefix}backbone.features.{len(features) - 1}"
+    return f"{prefix}backbone"
+
+
+def emitted_label_targets(episode: Episode, num_classes: int | None = None) -> Tensor:
+    """``(B, T)`` the label emitted at each meta step; STOP and every step after it are
+    :data:`~glimpse.attribution.methods.NO_TARGET`."""
+    k = episode.label_logits.shape[-1] - 1 if num_classes is None else num_classes
+    empty = torch.zeros(episode.labels.shape[0], k, dtype=torch.long, device=episode.labels.device)
+    alive = multiset.rollout(empty, episode.labels, stop_ends=True)["alive"] & (episode.labels < k)
+    return torch.where(alive, episode.labels, torch.full_like(episode.labels, NO_TARGET))
+
+
+def replay_logits(policy: GlimpsePolicy, episode: Episode, steps: int | None = None):
+    """``forward(images (r * B, ...)) -> label logits (r * B, T, K)``: the episode's actions
+    replayed (tiled over ``r`` stacked copies of the batch), STOP's logit left out."""
+    actions = episode.actions()
+    steps = episode.labels.shape[1] if steps is None else steps
+    batch = episode.labels.shape[0]
+
+    def forward(images: Tensor) -> Tensor:
+        copies = images.shape[0] // batch
+        replay = {k: v[:, :steps].repeat(copies, *([1] * (v.dim() - 1))) for k, v in actions.items()}
+        ep = policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
+        return ep.label_logits[..., : policy.num_classes]
+
+    return forward
+
+
+def attribute_episode(
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str],
+    episode: Episode | None = None,
+    targets: Tensor | None = None,
+    layer: str | None = None,
+    upsample: bool = True,
+    max_steps: int | None = None,
+    **kwargs,
+) -> dict[str, Tensor]:
+    """Maps ``{method: (B, T, H, W)}`` of each meta step's emitted label, the episode replayed.
+
+    model: a GlimpseModule or a GlimpsePolicy. episode: the recorded episode (default: a
+    greedy rollout of ``max_steps`` meta steps, the module's by default). targets: ``(B, T)``
+    classes per step (default :func:`emitted_label_targets`; NO_TARGET steps give zeros).
+    layer: for the CAMs (default :func:`default_layer`). upsample: CAMs from cells to pixels
+    with the backbone's cell geometry (:func:`~glimpse.models.attention.upsample_cells`).
+    Other keyword arguments go to :func:`~glimpse.attribution.methods.attribute`.
+    """
+    policy, _ = policy_of(model)
+    if episode is None:
+        steps = max_steps or getattr(model, "max_steps", None)
+        if steps is None:
+            raise ValueError("give an episode, or max_steps for a greedy rollout of the policy")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                episode = policy(images, steps, location_mode="greedy", label_mode="greedy")
+        finally:
+            model.train(was_training)
+    if targets is None:
+        targets = emitted_label_targets(episode, policy.num_classes)
+    if targets.shape != episode.labels.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} must be (B, T) = {tuple(episode.labels.shape)}, one per meta step")
+    live = (targets != NO_TARGET).any(0).nonzero()
+    steps = int(live.max()) + 1 if len(live) else 1  # later steps cannot change an earlier label: stop the replay there
+    hw = tuple(images.shape[-2:])
+    up = (lambda maps: upsample_cells(maps, hw, episode.cell_stride)) if upsample else False
+    maps = attribute(model, images, targets[:, :steps], methods, layer=layer or default_layer(model), upsample=up,
+                     forward=replay_logits(policy, episode, steps), **kwargs)
+    pad = targets.shape[1] - steps
+    return {k: torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad)) if pad else v for k, v in maps.items()}
