@@ -50,6 +50,25 @@ def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
     return torch.stack([image, step, episode.labels[image, step]], 1)
 
 
+def emitted_targets(episode: Episode, num_classes: int) -> Tensor:
+    """``(N, 3)`` rows of (image, step, class) for every label the model emitted (before its
+    first STOP), right or wrong, by step: what the Explainer is trained to explain."""
+    played = multiset.rollout(episode.labels.new_zeros(episode.labels.shape[0], num_classes), episode.labels)
+    step, image = (played["alive"] & (episode.labels < num_classes)).T.nonzero(as_tuple=True)
+    return torch.stack([image, step, episode.labels[image, step]], 1)
+
+
+def replay_logits(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
+    """Label logits ``(n, K + 1)`` of each target ``(n, 3)`` at its step, on ``images (n, C, H, W)``,
+    with the recorded ``actions`` (of the targets' source images) replayed; differentiable in
+    ``images``. The rollout stops at the last step the targets need."""
+    image, step, _ = targets.unbind(1)
+    steps = int(step.max()) + 1
+    replay = {k: v[image, :steps] for k, v in actions.items()}
+    ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
+    return ep.label_logits[torch.arange(len(targets), device=images.device), step]
+
+
 def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """``score(images, rows)``: probability of each target's label at its step, actions replayed.
 
@@ -60,12 +79,8 @@ def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, 
 
     @torch.no_grad()
     def score(images: Tensor, rows: Tensor) -> Tensor:
-        image, step, label = targets[rows].unbind(1)
-        steps = int(step.max()) + 1
-        replay = {k: v[image, :steps] for k, v in actions.items()}
-        ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
-        arange = torch.arange(len(rows), device=images.device)
-        return ep.label_logits[arange, step].softmax(-1)[arange, label]
+        logits = replay_logits(model, actions, targets[rows], images)
+        return logits.softmax(-1).gather(1, targets[rows, 2:3]).squeeze(1)
 
     return score
 
