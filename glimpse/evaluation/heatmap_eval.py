@@ -33,13 +33,31 @@ def saliency_map_method(model, images: Tensor, episode: Episode, targets: Tensor
 BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}
 
 
-def resolve_methods(names, key: str = "heatmaps.methods") -> dict[str, Method]:
-    """The methods named in a config, or a ValueError naming the config key and the known names."""
+def resolve_methods(names, key: str = "heatmaps.methods", settings=None) -> dict[str, Method]:
+    """The methods named in a config, or a ValueError naming the config key and the known names.
+
+    Methods built from settings (``explainer``, ``igos``: glimpse/explain/methods.py) take
+    theirs from ``settings[name]`` (``heatmaps.<name>.*`` in evaluate.py).
+    """
+    from glimpse.explain.methods import CONFIGURED
+
     names = list(names)
-    unknown = sorted(set(names) - set(BUILTIN))
+    unknown = sorted(set(names) - set(BUILTIN) - set(CONFIGURED))
     if unknown:
-        raise ValueError(f"{key} has unknown methods {unknown}; choose from {sorted(BUILTIN)}")
-    return {name: BUILTIN[name] for name in names}
+        raise ValueError(f"{key} has unknown methods {unknown}; choose from {sorted(set(BUILTIN) | set(CONFIGURED))}")
+    settings = settings or {}
+    section = key.rsplit(".", 1)[0]
+    methods = {}
+    for name in names:
+        if name in BUILTIN:
+            methods[name] = BUILTIN[name]
+            continue
+        given = dict(settings.get(name) or {})
+        try:
+            methods[name] = CONFIGURED[name](**given)
+        except TypeError as err:
+            raise ValueError(f"{section}.{name} has settings {sorted(given)} that do not fit: {err}") from err
+    return methods
 
 
 def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
@@ -69,6 +87,11 @@ def replay_logits(model, actions: dict[str, Tensor], targets: Tensor, images: Te
     return ep.label_logits[torch.arange(len(targets), device=images.device), step]
 
 
+def target_probability(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
+    """Probability ``(n,)`` of each target's label at its step (:func:`replay_logits`); differentiable."""
+    return replay_logits(model, actions, targets, images).softmax(-1).gather(1, targets[:, 2:3]).squeeze(1)
+
+
 def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     """``score(images, rows)``: probability of each target's label at its step, actions replayed.
 
@@ -79,8 +102,7 @@ def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, 
 
     @torch.no_grad()
     def score(images: Tensor, rows: Tensor) -> Tensor:
-        logits = replay_logits(model, actions, targets[rows], images)
-        return logits.softmax(-1).gather(1, targets[rows, 2:3]).squeeze(1)
+        return target_probability(model, actions, targets[rows], images)
 
     return score
 

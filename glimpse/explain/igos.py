@@ -70,6 +70,17 @@ def _optimise(score: Score, images: Tensor, rows: Tensor, baseline: Tensor, mask
         return F.interpolate(heat, size=hw, mode="bilinear", align_corners=False)[:, 0]
 
 
+def check_settings(iterations: int, ig_steps: int, mask_size: int | tuple[int, int], chunk: int) -> tuple[int, int]:
+    """The mask grid ``(h, w)``; a ValueError naming the ``heatmaps.igos`` key of a bad value."""
+    for key, value, least in (("iterations", iterations, 1), ("ig_steps", ig_steps, 1), ("chunk", chunk, 1)):
+        if int(value) != value or value < least:
+            raise ValueError(f"heatmaps.igos.{key}={value} must be an integer >= {least}")
+    mask_hw = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
+    if len(mask_hw) != 2 or min(mask_hw) < 1:
+        raise ValueError(f"heatmaps.igos.mask_size={mask_size} must be an integer >= 1 or [h, w]")
+    return mask_hw
+
+
 def igos_maps(score: Score, images: Tensor, iterations: int = 15, ig_steps: int = 5, mask_size: int | tuple[int, int] = 14,
               lr: float = 0.2, l1_weight: float = 0.05, tv_weight: float = 0.5, tv_sigma: float = 0.1,
               blur_sigma: float = 5.0, chunk: int = 32) -> Tensor:
@@ -78,12 +89,7 @@ def igos_maps(score: Score, images: Tensor, iterations: int = 15, ig_steps: int 
     ``score(images, rows)`` is the differentiable target probability of perturbed copies of
     the targets ``rows`` (indices into ``images``).
     """
-    for key, value, least in (("iterations", iterations, 1), ("ig_steps", ig_steps, 1), ("chunk", chunk, 1)):
-        if int(value) != value or value < least:
-            raise ValueError(f"heatmaps.igos.{key}={value} must be an integer >= {least}")
-    mask_hw = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
-    if min(mask_hw) < 1:
-        raise ValueError(f"heatmaps.igos.mask_size={mask_size} must be >= 1")
+    mask_hw = check_settings(iterations, ig_steps, mask_size, chunk)
     baseline = blurred_baseline(images, blur_sigma)
     rows = torch.arange(images.shape[0], device=images.device)
     with torch.enable_grad():
