@@ -100,11 +100,15 @@ def collect_maps(model, datamodule, split: str, methods: dict, max_images: int) 
                 episode = model.predict_episode(images)
             targets = right_label_targets(episode, counts)
             keys = ((targets[:, 0] + seen) * k + targets[:, 2]).cpu()
+            seen += images.shape[0]
+            if not len(targets):
+                continue
             for name, method in methods.items():
                 out[name][0].append(keys)
                 with torch.enable_grad():  # gradient-based methods
                     out[name][1].append(method(model, images, episode, targets).detach().float().cpu())
-            seen += images.shape[0]
     finally:
         model.train(was_training)
-    return {name: (torch.cat(keys), torch.cat(maps)) for name, (keys, maps) in out.items()}
+    hw = tuple(datamodule.datasets[split][0]["image"].shape[-2:]) if seen else (0, 0)
+    return {name: (torch.cat(keys) if keys else torch.zeros(0, dtype=torch.long),
+                   torch.cat(maps) if maps else torch.zeros(0, *hw)) for name, (keys, maps) in out.items()}

@@ -90,6 +90,8 @@ def igos_maps(score: Score, images: Tensor, iterations: int = 15, ig_steps: int 
     the targets ``rows`` (indices into ``images``).
     """
     mask_hw = check_settings(iterations, ig_steps, mask_size, chunk)
+    if not len(images):
+        return images.new_zeros(0, *images.shape[-2:])
     baseline = blurred_baseline(images, blur_sigma)
     rows = torch.arange(images.shape[0], device=images.device)
     with torch.enable_grad():
