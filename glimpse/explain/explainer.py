@@ -139,8 +139,7 @@ class ExplainerModule(pl.LightningModule):
         return parts["loss"]
 
     def _evaluate(self, batch: dict, split: str) -> None:
-        with torch.enable_grad():  # the replay needs no gradient, but the policy is built for it
-            parts = self.losses(batch["image"])
+        parts = self.losses(batch["image"])
         self.log_dict({f"{split}/explainer/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True,
                       batch_size=batch["image"].shape[0])
 
