@@ -9,10 +9,11 @@ os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__))
 import hydra
 import lightning.pytorch as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from glimpse.evaluation.heatmap_eval import resolve_methods
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
+from glimpse.evaluation.stability import collect_maps, stability
 from glimpse.module import load_checkpoint
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
@@ -24,10 +25,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not known; choose test or val")
     pl.seed_everything(cfg.seed, workers=True)
-    methods = resolve_methods(cfg.heatmaps.methods)
     if cfg.heatmaps.perturbation_steps < 1:
         raise ConfigError(f"heatmaps.perturbation_steps={cfg.heatmaps.perturbation_steps} must be >= 1")
-    ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
+    # a list of checkpoints (same config, other seeds): the first is scored, all are compared
+    given = list(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) else [cfg.ckpt_path]
+    if not given:
+        raise ConfigError("ckpt_path=[] names no checkpoint; give one path, or a list [A,B,...] to compare seeds")
+    ckpt_paths = [resolve_checkpoint(path, cfg.paths.output_dir) for path in given]
+    methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
+    methods, ckpt_path = methods_of[0], ckpt_paths[0]
     model = load_checkpoint(ckpt_path)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
@@ -42,6 +48,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         out = cfg.paths.output_dir
         scored = score_split(model, datamodule, cfg.split, methods, cfg.heatmaps.max_images, cfg.heatmaps.perturbation_steps)
         metrics.update(scored["metrics"])
+        if len(ckpt_paths) > 1:
+            metrics.update(compare_models(cfg, ckpt_paths, methods_of, datamodule))
         write_metrics(metrics, out)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
@@ -53,6 +61,38 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)
     return metrics
+
+
+def methods_for(cfg: DictConfig, index: int, count: int) -> dict:
+    """The heatmap methods of the ``index``-th of ``count`` checkpoints: an Explainer is tied to
+    one glimpse model, so with several checkpoints ``heatmaps.explainer.ckpt_path`` is a list."""
+    settings = OmegaConf.to_container(cfg.heatmaps, resolve=True)
+    explainer = settings.get("explainer") or {}
+    path = explainer.get("ckpt_path")
+    if "explainer" in cfg.heatmaps.methods and count > 1 and not (isinstance(path, list) and len(path) == count):
+        raise ConfigError(f"heatmaps.explainer.ckpt_path={path} must be a list of {count} Explainer checkpoints, "
+                          "one per glimpse checkpoint in ckpt_path, in the same order")
+    if isinstance(path, list):
+        explainer["ckpt_path"] = path[index] if index < len(path) else None
+    return resolve_methods(cfg.heatmaps.methods, settings=settings)
+
+
+def compare_models(cfg: DictConfig, ckpt_paths: list[str], methods_of: list[dict], datamodule) -> dict[str, float]:
+    """``stability/<method>/...`` of the maps of several checkpoints on the same images."""
+    count = cfg.stability.max_images
+    if int(count) != count or count < 1:
+        raise ConfigError(f"stability.max_images={count} must be an integer >= 1")
+    per_model = []
+    for path, methods in zip(ckpt_paths, methods_of):
+        model = load_checkpoint(path)
+        model.check_classes(datamodule.class_names)
+        per_model.append(collect_maps(model, datamodule, cfg.split, methods, int(count)))
+    out = {}
+    for name in methods_of[0]:
+        scores = stability([maps[name] for maps in per_model], cfg.stability.topk_fraction)
+        out |= {f"stability/{name}/{key}": value for key, value in scores.items()}
+    log.info("stability across %d checkpoints: %s", len(ckpt_paths), out)
+    return out
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

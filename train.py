@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from glimpse.reliability import AtomicCheckpointIO
-from glimpse.run import instantiate_logger, resolve_checkpoint, user_errors, write_metrics
+from glimpse.run import instantiate_logger, resume_checkpoint, user_errors, write_metrics
 
 log = logging.getLogger("glimpse")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("glimpse")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, build data, model, callbacks, logger and trainer from the config; fit; test."""
     pl.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    ckpt_path = resume_checkpoint(cfg)  # experiment=explainer: ckpt_path is the model to explain
 
     datamodule = instantiate(cfg.data)
     model = instantiate(

@@ -89,3 +89,16 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: str | Path) -> str | N
             f"train.py (RUN_DIR/checkpoints/last.ckpt), or ckpt_path=last with paths.output_dir=RUN_DIR"
         )
     return str(path)
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint train.py resumes from: ``ckpt_path``, except for a run with an ``explain``
+    section (experiment=explainer), where ``ckpt_path`` is the glimpse model to explain (read,
+    frozen, checked here) and ``explain.resume`` the Explainer run to resume."""
+    explain = cfg.get("explain")
+    if explain is None:
+        return resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    if not explain.get("glimpse_ckpt"):
+        raise ConfigError("experiment=explainer needs ckpt_path=GLIMPSE_CKPT: the glimpse checkpoint to explain")
+    resolve_checkpoint(explain.glimpse_ckpt, cfg.paths.output_dir)
+    return resolve_checkpoint(explain.get("resume"), cfg.paths.output_dir)

@@ -35,6 +35,7 @@ class HeatmapMetrics(pl.Callback):
 
     methods: heatmap methods by name (``heatmaps.methods`` of evaluate.py).
     num_images: the first N validation images, the same every epoch.
+    settings: per method, the settings of methods that take them (``{"igos": {"iterations": 5}}``).
     perturbation_every_n_epochs: deletion/insertion AUC (many forward passes) every N
         epochs and at the last epoch; pointing games every epoch. 0 turns them off.
     The model is scored in eval mode with greedy decoding, which draws no random numbers;
@@ -42,8 +43,8 @@ class HeatmapMetrics(pl.Callback):
     """
 
     def __init__(self, methods=("saliency_map",), num_images: int = 128, perturbation_every_n_epochs: int = 2,
-                 perturbation_steps: int = 10) -> None:
-        self.methods = resolve_methods(methods, key="callbacks.heatmap_metrics.methods")
+                 perturbation_steps: int = 10, settings: dict | None = None) -> None:
+        self.methods = resolve_methods(methods, key="callbacks.heatmap_metrics.methods", settings=settings)
         checks = [("num_images", num_images, 1), ("perturbation_every_n_epochs", perturbation_every_n_epochs, 0),
                   ("perturbation_steps", perturbation_steps, 1)]
         for key, value, least in checks:

@@ -68,15 +68,36 @@ class AttributionMethods:
         return maps if tuple(maps.shape[-2:]) == hw else upsample_cells(maps, hw, episode.cell_stride)
 
 
-def resolve_methods(names, key: str = "heatmaps.methods") -> dict[str, Method]:
-    """The methods named in a config, or a ValueError naming the config key and the known names."""
+def resolve_methods(names, key: str = "heatmaps.methods", settings=None) -> dict[str, Method]:
+    """The methods named in a config, or a ValueError naming the config key and the known names.
+
+    Attribution methods (:mod:`glimpse.attribution`) share one batched call per batch; methods
+    built from settings (``explainer``, ``igos``: glimpse/explain/methods.py) take theirs from
+    ``settings[name]`` (``heatmaps.<name>.*`` in evaluate.py).
+    """
+    from glimpse.explain.methods import CONFIGURED
+
     names = list(names)
-    known = list(BUILTIN) + list(ATTRIBUTION_METHODS)
+    known = list(BUILTIN) + list(ATTRIBUTION_METHODS) + list(CONFIGURED)
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise ValueError(f"{key} has unknown methods {unknown}; choose from {known}")
+    settings = settings or {}
+    section = key.rsplit(".", 1)[0]
     attribution = AttributionMethods([n for n in names if n in ATTRIBUTION_METHODS])
-    return {name: BUILTIN[name] if name in BUILTIN else attribution.method(name) for name in names}
+    methods = {}
+    for name in names:
+        if name in BUILTIN:
+            methods[name] = BUILTIN[name]
+        elif name in ATTRIBUTION_METHODS:
+            methods[name] = attribution.method(name)
+        else:
+            given = dict(settings.get(name) or {})
+            try:
+                methods[name] = CONFIGURED[name](**given)
+            except TypeError as err:
+                raise ValueError(f"{section}.{name} has settings {sorted(given)} that do not fit: {err}") from err
+    return methods
 
 
 def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
@@ -85,6 +106,30 @@ def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
     emitted = played["alive"] & (episode.labels < counts.shape[1]) & played["correct"]
     step, image = emitted.T.nonzero(as_tuple=True)  # ordered by step, then image: replays stop early
     return torch.stack([image, step, episode.labels[image, step]], 1)
+
+
+def emitted_targets(episode: Episode, num_classes: int) -> Tensor:
+    """``(N, 3)`` rows of (image, step, class) for every label the model emitted (before its
+    first STOP), right or wrong, by step: what the Explainer is trained to explain."""
+    played = multiset.rollout(episode.labels.new_zeros(episode.labels.shape[0], num_classes), episode.labels)
+    step, image = (played["alive"] & (episode.labels < num_classes)).T.nonzero(as_tuple=True)
+    return torch.stack([image, step, episode.labels[image, step]], 1)
+
+
+def replay_logits(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
+    """Label logits ``(n, K + 1)`` of each target ``(n, 3)`` at its step, on ``images (n, C, H, W)``,
+    with the recorded ``actions`` (of the targets' source images) replayed; differentiable in
+    ``images``. The rollout stops at the last step the targets need."""
+    image, step, _ = targets.unbind(1)
+    steps = int(step.max()) + 1
+    replay = {k: v[image, :steps] for k, v in actions.items()}
+    ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
+    return ep.label_logits[torch.arange(len(targets), device=images.device), step]
+
+
+def target_probability(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
+    """Probability ``(n,)`` of each target's label at its step (:func:`replay_logits`); differentiable."""
+    return replay_logits(model, actions, targets, images).softmax(-1).gather(1, targets[:, 2:3]).squeeze(1)
 
 
 def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -97,12 +142,7 @@ def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, 
 
     @torch.no_grad()
     def score(images: Tensor, rows: Tensor) -> Tensor:
-        image, step, label = targets[rows].unbind(1)
-        steps = int(step.max()) + 1
-        replay = {k: v[image, :steps] for k, v in actions.items()}
-        ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
-        arange = torch.arange(len(rows), device=images.device)
-        return ep.label_logits[arange, step].softmax(-1)[arange, label]
+        return target_probability(model, actions, targets[rows], images)
 
     return score
 

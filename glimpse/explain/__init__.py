@@ -1,0 +1,1 @@
+"""Explanations beyond gradients: a trained Explainer, iGOS++ masks (issue 9)."""
