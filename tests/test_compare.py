@@ -11,7 +11,7 @@ import pytest
 from glimpse.compare import CompareConfig, markdown, max_time, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "[data.train_size=64,data.val_size=16,data.test_size=16,data.batch_size=16,data.num_workers=0,model.policy.hidden=16,~callbacks.heatmap_metrics]"
+TINY = "[data.train_size=64,data.val_size=16,data.test_size=16,data.batch_size=16,data.num_workers=0,model.policy.hidden=16,~callbacks.heatmap_metrics,~callbacks.heatmaps]"
 
 
 def compare(*args: str) -> subprocess.CompletedProcess:

@@ -280,7 +280,7 @@ def test_rollout_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
     for script, *overrides in (
         ("train.py", "experiment=smoke", "logger=none", "test=false", "callbacks.heatmaps=null", f"paths.output_dir={tmp_path / 'train'}"),
         ("evaluate.py", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}", "data.test_size=64",
-         "data.num_workers=0", f"paths.output_dir={tmp_path / 'eval'}"),
+         "data.num_workers=0", "heatmaps.methods=[saliency_map]", f"paths.output_dir={tmp_path / 'eval'}"),
     ):
         subprocess.run([sys.executable, str(root / script), *overrides], cwd=root, env=env, check=True,
                        capture_output=True, timeout=900)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_train import run
+from conftest import run
 
 from glimpse.explain import masks as losses
 from glimpse.explain.igos import igos_maps
@@ -89,7 +89,8 @@ def test_stability_on_hand_made_maps():
 
 # -- the Explainer, end to end ------------------------------------------------------------------------
 TINY_GLIMPSE = ["data.train_size=16", "data.val_size=16", "data.test_size=16", "data.batch_size=16", "data.num_workers=0",
-                "trainer.max_epochs=1", "model.policy.hidden=16", "callbacks.heatmap_metrics=null", "logger=none", "test=false"]
+                "trainer.max_epochs=1", "model.policy.hidden=16", "callbacks.heatmap_metrics=null", "callbacks.heatmaps=null", "logger=none",
+                "test=false"]
 
 
 @pytest.fixture(scope="module")

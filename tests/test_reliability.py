@@ -14,14 +14,15 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from test_train import ROOT, run
+from conftest import ROOT, run
 
 from glimpse.module import load_checkpoint
 from glimpse.reliability import AtomicCheckpointIO, FiniteGradients, LastCheckpoint, RunFault
 
 # 4 optimiser steps per epoch, 2 epochs, last.ckpt after every step
 SMALL = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32", "model.policy.hidden=32",
-         "callbacks.heatmap_metrics.num_images=8", "logger=none", "callbacks.last_checkpoint.every_n_steps=1"]
+         "callbacks.heatmap_metrics.num_images=8", "logger=none", "callbacks.last_checkpoint.every_n_steps=1",
+         "callbacks.heatmaps=null"]
 
 
 def metrics_of(out: Path) -> dict:
