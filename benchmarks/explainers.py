@@ -26,24 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
-def integrated_gradients(model, images, episode, targets, steps: int = 16):
-    """Plain IG of the target probability, black baseline, ``steps`` Riemann points, batched."""
-    from glimpse.evaluation.heatmap_eval import target_probability
-
-    x = images[targets[:, 0]]
-    alphas = torch.arange(1, steps + 1, dtype=x.dtype).div(steps).view(-1, 1, 1, 1, 1)
-    path = (alphas * x[None]).flatten(0, 1).requires_grad_(True)
-    prob = target_probability(model, episode.actions(), targets.repeat(steps, 1), path)
-    (grad,) = torch.autograd.grad(prob.sum(), path)
-    return (x * grad.view(steps, *x.shape).mean(0)).abs().sum(1)
-
-
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from glimpse.evaluation.heatmap_eval import right_label_targets
+    from glimpse.evaluation.heatmap_eval import resolve_methods, right_label_targets
     from glimpse.explain.methods import explainer_method, igos_method
     from glimpse.module import load_checkpoint
 
@@ -51,7 +39,6 @@ def main() -> None:
     parser.add_argument("glimpse_ckpt")
     parser.add_argument("explainer_ckpt")
     parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--ig-steps", type=int, default=16)
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -69,7 +56,8 @@ def main() -> None:
     methods = {
         "explainer": explainer_method(args.explainer_ckpt),
         f"igos (iterations={igos_settings['iterations']}, ig_steps={igos_settings['ig_steps']})": igos_method(**igos_settings),
-        f"integrated gradients (own, {args.ig_steps} steps)": lambda m, x, e, t: integrated_gradients(m, x, e, t, args.ig_steps),
+        # glimpse.attribution's Integrated Gradients, as evaluate.py calls it (its default steps)
+        "integrated gradients (glimpse.attribution)": resolve_methods(["integrated_gradients"])["integrated_gradients"],
     }
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
