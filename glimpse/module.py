@@ -93,9 +93,14 @@ class GlimpseModule(pl.LightningModule):
                               **objective.roll_in_args(batch, steps))
         greedy = None
         if objective.baseline == "self_critical":  # the greedy rollout of the same images is the baseline
-            with torch.no_grad():
-                rollout = self.policy(batch["image"], steps, location_mode="greedy", label_mode="greedy")
-                greedy = objective.returns(rollout, counts, batch)
+            # as at test time: eval mode, so BatchNorm neither normalises by this batch nor updates its statistics twice
+            self.policy.eval()
+            try:
+                with torch.no_grad():
+                    rollout = self.policy(batch["image"], steps, location_mode="greedy", label_mode="greedy")
+                    greedy = objective.returns(rollout, counts, batch)
+            finally:
+                self.policy.train()
         losses = objective(episode, counts, batch, greedy)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=False)
         self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True)

@@ -338,3 +338,6 @@ def test_each_objective_config_composes_and_trains_one_step(name):
     assert torch.isfinite(loss)
     loss.backward()
     assert module.policy.meta.query.weight.grad.abs().sum() > 0  # the location policy learns in every variant
+    # one training step moves BatchNorm's statistics once, self-critical's greedy baseline rollout included
+    assert module.training
+    assert all(int(m.num_batches_tracked) == 1 for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))
