@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from glimpse import multiset
-from glimpse.attribution.episode import attribute_episode
+from glimpse.attribution.episode import attribute_episode, emitted_label_targets
 from glimpse.attribution.methods import METHODS as ATTRIBUTION_METHODS
 from glimpse.attribution.methods import NO_TARGET
 from glimpse.evaluation import heatmaps
@@ -111,9 +111,9 @@ def right_label_targets(episode: Episode, counts: Tensor) -> Tensor:
 def emitted_targets(episode: Episode, num_classes: int) -> Tensor:
     """``(N, 3)`` rows of (image, step, class) for every label the model emitted (before its
     first STOP), right or wrong, by step: what the Explainer is trained to explain."""
-    played = multiset.rollout(episode.labels.new_zeros(episode.labels.shape[0], num_classes), episode.labels)
-    step, image = (played["alive"] & (episode.labels < num_classes)).T.nonzero(as_tuple=True)
-    return torch.stack([image, step, episode.labels[image, step]], 1)
+    grid = emitted_label_targets(episode, num_classes)  # (B, T), NO_TARGET where nothing was emitted
+    step, image = (grid != NO_TARGET).T.nonzero(as_tuple=True)
+    return torch.stack([image, step, grid[image, step]], 1)
 
 
 def replay_logits(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
