@@ -14,7 +14,7 @@ from glimpse.evaluation.localisation import LocalisationSuite
 from glimpse.evaluation.metrics import MultisetMetrics
 from glimpse.models.backbone import WEIGHT_KEYS
 from glimpse.models.policy import Episode, GlimpsePolicy
-from glimpse.objectives import GlimpseObjective
+from glimpse.objectives import GlimpseObjective, centring_loss
 
 
 def _plain(cfg: Any) -> Any:
@@ -102,6 +102,11 @@ class GlimpseModule(pl.LightningModule):
             finally:
                 self.policy.train()
         losses = objective(episode, counts, batch, greedy)
+        if objective.centring_weight:
+            n = objective.centring_images  # None: the whole batch
+            losses["centring_loss"] = centring_loss(self.policy.backbone, self.policy.saliency, batch["image"][:n],
+                                                    episode.saliency_map[:n])
+            losses["loss"] = losses["loss"] + objective.centring_weight * losses["centring_loss"]
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, on_step=True, on_epoch=False)
         self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True)
         return losses["loss"]

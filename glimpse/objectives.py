@@ -6,6 +6,7 @@ Every reward and remaining multiset comes from :mod:`glimpse.multiset`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,59 @@ def attended_mass(attention_masks: Tensor, class_density: Tensor) -> Tensor:
 def attended_density(episode: Episode) -> Tensor:
     """Mass ``(B, T, K)`` of each class's density under each step's attention mask, detached."""
     return attended_mass(episode.attention_masks, episode.class_density)
+
+
+def named_density(episode: Episode, remaining: Tensor) -> Tensor:
+    """Density ``(B, T)`` of each step's emitted class at its final glimpse cell (the meta
+    cell when ``k = 0``), where that label was still unnamed; at most 1, detached."""
+    locations = episode.glimpse_locations[..., -1] if episode.glimpse_locations.shape[-1] else episode.meta_locations
+    num_classes = episode.class_density.shape[1]
+    label = episode.labels.clamp(max=num_classes - 1)  # STOP reads class K-1, then is masked out
+    density = episode.class_density.detach().flatten(2)  # (B, K, h*w)
+    at_cell = density.gather(2, locations[:, None, :].expand(-1, num_classes, -1))  # (B, K, T)
+    value = at_cell.gather(1, label[:, None, :]).squeeze(1)  # (B, T)
+    unnamed = remaining.gather(-1, label[..., None]).squeeze(-1) > 0
+    return (value * (unnamed & (episode.labels < num_classes))).clamp(max=1.0)
+
+
+@contextlib.contextmanager
+def running_statistics_kept(module: torch.nn.Module):
+    """Normalisation layers normalise by the batch as in training, but their running
+    statistics (and batch count) come out as they went in: they update stand-in copies,
+    and the originals (which an earlier pass may have saved for its backward) stay untouched."""
+    layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    kept = [dict(m._buffers) for m in layers]
+    for m, buffers in zip(layers, kept):
+        for name, value in buffers.items():
+            if value is not None:
+                m._buffers[name] = value.clone()
+    try:
+        yield
+    finally:
+        for m, buffers in zip(layers, kept):
+            m._buffers.update(buffers)
+
+
+def centring_loss(backbone, saliency, image: Tensor, saliency_map: Tensor) -> Tensor:
+    """Rotation consistency of the saliency map ``(B, h, w)`` of ``image`` (see
+    ``GlimpseObjective.centring_weight``): squared difference per image, summed over cells.
+
+    The image is padded at the bottom and right to ``stride * n + 1`` pixels, so that turning
+    it by 180 degrees maps cell centres (pixel ``stride * j``) onto cell centres; the
+    saliency map of the turned image is compared with the turned, zero-padded saliency map.
+    """
+    stride = getattr(backbone, "stride", None)
+    if not stride:
+        raise ValueError("objective.centring_weight needs a backbone with a 'stride' (the conv and ResNet backbones have one); "
+                         "set objective.centring_weight=0")
+    height, width = image.shape[-2:]
+    pad_h, pad_w = (-(size - 1) % stride for size in (height, width))
+    turned = F.pad(image, (0, pad_w, 0, pad_h)).flip(-2, -1)
+    with running_statistics_kept(backbone):  # BatchNorm's statistics move once per step, in the episode's pass
+        turned_map, _ = saliency(backbone(turned))
+    h, w = turned_map.shape[-2:]
+    expected = F.pad(saliency_map, (0, w - saliency_map.shape[-1], 0, h - saliency_map.shape[-2])).flip(-2, -1)
+    return (turned_map - expected).pow(2).sum((-2, -1)).mean()
 
 
 class OracleRollIn:
@@ -110,6 +164,17 @@ class GlimpseObjective:
         the density of the remaining classes under the step's attention mask, in objects,
         at most 1. It uses the saliency model's own densities (learned from multiset labels
         alone), never the boxes.
+    glimpse_reward: weight of a location reward for looking at what the step names: the
+        density of the emitted label's class at the step's final glimpse cell, when that
+        label is still unnamed (at most 1). The attention reward is spread over the mask;
+        this one is sharp at one cell, so it pulls the glimpse onto the object itself. From
+        the model's own densities, never the boxes.
+    centring_weight: weight of the centring loss (:func:`centring_loss`): the saliency map
+        of the image turned by 180 degrees must be the turned saliency map. Counting and the
+        peak loss leave free which cell of an object holds its mass (a model may settle on
+        the top of each digit); a turned object's top is its bottom, so only the centre is
+        consistent. Needs a backbone with a ``stride``; one more backbone pass over the
+        first ``centring_images`` images of each batch (``None``: all of them).
     box_reward: weight of a location reward for a step whose final glimpse lands in a not
         yet claimed ground-truth box of the right label it emits. It uses the boxes: an
         explicitly named weak-supervision exception, off (0) by default.
@@ -129,6 +194,9 @@ class GlimpseObjective:
     peak_weight: float = 1.0
     oracle: str = "uniform"
     attention_reward: float = 0.0
+    glimpse_reward: float = 0.0
+    centring_weight: float = 0.0
+    centring_images: int | None = 16
     box_reward: float = 0.0
     reward: multiset.RewardSpec = field(default_factory=multiset.RewardSpec)
 
@@ -144,6 +212,8 @@ class GlimpseObjective:
             ("objective.sequence_order", self.sequence_order, SEQUENCE_ORDERS),
             ("objective.reward_scheme", self.reward_scheme, multiset.REWARD_SCHEMES),
         ]
+        if self.centring_images is not None and self.centring_images < 1:
+            raise ValueError(f"objective.centring_images={self.centring_images} must be >= 1, or null for the whole batch")
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{key}={value!r} is not known; choose one of {list(allowed)}")
@@ -152,7 +222,8 @@ class GlimpseObjective:
                              f"(reinforce samples its labels, sequence is teacher forced); use roll_in=greedy")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"objective.gamma={self.gamma} must be in [0, 1]")
-        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight", "attention_reward", "box_reward"):
+        for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight", "attention_reward", "glimpse_reward",
+                    "centring_weight", "box_reward"):
             if getattr(self, key) < 0:
                 raise ValueError(f"objective.{key}={getattr(self, key)} must be >= 0")
         self.reward = self.reward.with_scheme(self.reward_scheme)
@@ -213,6 +284,8 @@ class GlimpseObjective:
         if self.attention_reward:
             unnamed = (attended * (remaining > 0)).sum(-1).clamp(max=1.0)  # (B, T) objects' worth
             step_reward = step_reward + self.attention_reward * unnamed
+        if self.glimpse_reward:
+            step_reward = step_reward + self.glimpse_reward * named_density(episode, remaining)
         if self.box_reward:
             if batch is None or "boxes" not in batch:
                 raise ValueError(f"objective.box_reward={self.box_reward} needs boxes in the batch; this data has none "

@@ -143,7 +143,7 @@ def test_default_objective_loss_is_unchanged_on_a_fixed_batch():
     images = torch.rand(4, 1, 48, 48, generator=torch.Generator().manual_seed(1))
     counts = torch.tensor([[1, 0, 0, 2, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0, 0, 0, 0],
                            [0, 1, 0, 0, 1, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0, 0, 3]])
-    obj = GlimpseObjective(**cfg)
+    obj = GlimpseObjective(**(cfg | {"glimpse_reward": 0.0}))  # the numbers predate the glimpse reward
     torch.manual_seed(2)
     ep = policy(images, obj.num_steps(counts, 5), location_mode="sample", label_mode=obj.label_mode)
     out = obj(ep, counts)
@@ -306,6 +306,83 @@ def test_box_reward_pays_a_glimpse_in_an_unclaimed_box_of_the_emitted_label():
     assert math.isclose(obj(ep, batch["counts"], batch)["location_reward"].item(), 1.0)
     with pytest.raises(ValueError, match="objective.box_reward"):
         obj(ep, batch["counts"])
+
+
+def test_glimpse_reward_pays_the_emitted_class_density_at_the_final_glimpse_cell():
+    from glimpse.objectives import named_density
+
+    # targets {0, 1}; steps emit 0, 0 (already named), 1, STOP; one glimpse per step
+    ep = episode(torch.zeros(1, 4, 3), torch.tensor([[0, 0, 1, 2]]))
+    ep.glimpse_locations = torch.tensor([[[4], [4], [2], [4]]])
+    ep.meta_locations = torch.tensor([[0, 0, 0, 0]])  # the meta cell is not where the glimpse is
+    ep.class_density[0, 0].view(-1)[4] = 0.75
+    ep.class_density[0, 1].view(-1)[2] = 3.0  # more than one object's worth: capped at 1
+    remaining = multiset.rollout(torch.tensor([[1, 1]]), ep.labels)["remaining_before"]
+    assert named_density(ep, remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
+    # without glimpses (k = 0) the meta cell is the step's location
+    ep.glimpse_locations = torch.zeros(1, 4, 0, dtype=torch.long)
+    ep.meta_locations = torch.tensor([[4, 4, 2, 4]])
+    assert named_density(ep, remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
+    obj = GlimpseObjective(count_weight=0.0, peak_weight=0.0, location_reward="sampled", glimpse_reward=2.0)
+    out = obj(ep, torch.tensor([[1, 1]]))
+    # scored steps 0..2 (|Y| = 2, then the termination step): rewards 1 + 1.5, -1 + 0, 1 + 2
+    assert math.isclose(out["location_reward"].item(), (2.5 - 1 + 3) / 3, rel_tol=1e-6)
+
+
+class _Subsample(torch.nn.Module):
+    """A 'backbone' whose cell j is pixel stride * j + offset: exact for offset 0."""
+
+    def __init__(self, stride: int, offset: int = 0) -> None:
+        super().__init__()
+        self.stride, self.offset = stride, offset
+
+    def forward(self, image):
+        return image[..., self.offset::self.stride, self.offset::self.stride]
+
+
+def _first_channel(activations):
+    return activations[:, 0], activations
+
+
+@pytest.mark.parametrize("size", [9, 10, 12, 13])
+def test_centring_loss_turns_cell_centres_onto_cell_centres(size):
+    from glimpse.objectives import centring_loss
+
+    image = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(size))
+    exact = _Subsample(4)
+    saliency_map, _ = _first_channel(exact(image))
+    # a map read at the cell centres is consistent with the turned image whatever the image holds
+    assert centring_loss(exact, _first_channel, image, saliency_map).item() < 1e-12
+    shifted = _Subsample(4, offset=1)  # claims cell j is at pixel 4j but reads pixel 4j + 1
+    saliency_map, _ = _first_channel(shifted(image))
+    assert centring_loss(shifted, _first_channel, image, saliency_map).item() > 0.1
+
+
+def test_centring_loss_is_zero_for_a_centred_object_and_not_for_a_top_heavy_map():
+    from glimpse.objectives import centring_loss
+
+    backbone = _Subsample(4)
+    image = torch.zeros(1, 1, 21, 21)
+    image[..., 6:15, 6:15] = 1.0  # a square object centred on pixel 10 (not a cell centre: cells at 0, 4, ..., 20)
+    centred = torch.zeros(1, 6, 6)
+    centred[0, 2:4, 2:4] = 0.25  # its mass split over the four cells around its centre
+    top = torch.zeros(1, 6, 6)
+    top[0, 1, 2:4] = 0.5  # the same mass one row up, on the object's top edge
+
+    def saliency(activations):  # the turned image's map: the object's mass around its centre
+        return centred, None
+
+    assert centring_loss(backbone, saliency, image, centred).item() < 1e-12
+    assert math.isclose(centring_loss(backbone, saliency, image, top).item(), 4 * 0.25**2 + 2 * 0.5**2, rel_tol=1e-6)
+
+
+def test_centring_needs_a_backbone_with_a_stride():
+    from glimpse.objectives import centring_loss
+
+    with pytest.raises(ValueError, match="objective.centring_weight needs a backbone with a 'stride'"):
+        centring_loss(torch.nn.Identity(), _first_channel, torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8))
+    with pytest.raises(ValueError, match="objective.centring_images=0 must be >= 1"):
+        GlimpseObjective(centring_images=0)
 
 
 @pytest.mark.parametrize("key, value", [("baseline", "greedy"), ("roll_in", "sample"), ("sequence_order", "depth"),
