@@ -264,6 +264,14 @@ def attribute(
         captured.append(output)
         return output.clone()  # later in-place ops (e.g. ReLU(inplace=True)) must not change what we read
 
+    def hook_from_layer(module, args, output):
+        """CAMs alone need no graph before the layer: the forward runs without one up to here,
+        and from here on records one that starts at the layer's output."""
+        torch.set_grad_enabled(True)  # the enclosing no_grad() restores the mode when the forward ends
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()  # in-place ops after the layer act on the copy, not on what we read
+
     was_training = model.training
     devices = [images.device] if images.device.type == "cuda" else []
     handle = None
@@ -276,8 +284,12 @@ def attribute(
             layer_methods = [m for m in methods if m in LAYER_METHODS]
             if input_methods or layer_methods:
                 if layer_methods:
-                    handle = target_module.register_forward_hook(hook)
-                picked, logits = pick(x, 1)
+                    handle = target_module.register_forward_hook(hook if input_methods else hook_from_layer)
+                if input_methods:
+                    picked, logits = pick(x, 1)
+                else:
+                    with torch.no_grad():
+                        picked, logits = pick(x.detach(), 1)
                 if handle is not None:
                     handle.remove()
                     handle = None
