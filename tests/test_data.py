@@ -192,6 +192,36 @@ def test_bad_configs_name_the_parameter(config, parameter):
         MultisetMNIST(**config)
 
 
+@pytest.mark.parametrize("config, digest", [
+    ({}, "7dd6e4ec734fea0a"),
+    ({"clutter": 20, "clutter_size": 8, "repeat_labels": False}, "c3bcbd073a51d7bf"),
+])
+def test_canvases_are_the_ones_of_the_per_item_composer(config, digest):
+    # digests of items 0, 7, 123, 999 as the per-item composer (before the batched one) drew them
+    import hashlib
+
+    dataset = MultisetMNIST(size=1000, **config)
+    h = hashlib.sha256()
+    for item in dataset.__getitems__([0, 7, 123, 999]):
+        for key in ("image", "counts", "labels", "boxes", "num_objects", "index"):
+            h.update(item[key].numpy().tobytes())
+    assert h.hexdigest()[:16] == digest
+
+
+def test_an_item_is_the_same_in_any_batch_and_the_loader_uses_the_batched_fetch(monkeypatch):
+    dataset = MultisetMNIST(size=50, clutter=3)
+    alone = dataset[3]
+    batched = dataset.__getitems__([17, 3, 40, 3])
+    for key in alone:
+        assert torch.equal(batched[1][key], alone[key]) and torch.equal(batched[3][key], alone[key])
+    calls = []
+    monkeypatch.setattr(MultisetMNIST, "__getitem__", lambda self, i: calls.append(i))  # must not be used
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
+    assert not calls and torch.equal(batch["image"][3], alone["image"])
+    with pytest.raises(IndexError, match="index 50 out of range for 50 canvases"):
+        dataset.__getitems__([0, 50])
+
+
 def test_index_out_of_range():
     with pytest.raises(IndexError):
         MultisetMNIST(size=3)[3]

@@ -179,9 +179,15 @@ def test_default_env_and_render():
     assert changed[frame.shape[1]:].any()  # the emitted multiset below it
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"location": "continuous", "observe": "glimpses", "max_steps": 4}])
-def test_batched_env_equals_sync_vector_env_of_single_envs(items, kwargs):
+@pytest.mark.parametrize("kwargs, on_the_fly", [({}, False), ({"location": "continuous", "observe": "glimpses", "max_steps": 4}, False),
+                                                ({}, True)])
+def test_batched_env_equals_sync_vector_env_of_single_envs(items, kwargs, on_the_fly):
     n = 6
+    if on_the_fly:  # canvases composed at each reset: the batched env fetches its new items together
+        items = MultisetMNIST(split="val", size=24, seed=0)
+        fetched = []
+        original = MultisetMNIST.__getitems__
+        items.__getitems__ = lambda indices: fetched.append(len(indices)) or original(items, indices)
     batched = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=n, dataset=items, **kwargs)
     sync = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=n, dataset=items, vectorization_mode="sync", **kwargs)
     assert isinstance(batched, MultisetVectorEnv) and isinstance(sync.envs[0].unwrapped, MultisetEnv)
@@ -204,6 +210,8 @@ def test_batched_env_equals_sync_vector_env_of_single_envs(items, kwargs):
         assert same(got, want)
         ends += int(got[2].sum() + got[3].sum())
     assert ends > n  # autoresets happened along the way
+    if on_the_fly:
+        assert n in fetched  # one fetch for all the envs that start together
 
 
 def test_import_glimpse_is_cheap_and_registers():

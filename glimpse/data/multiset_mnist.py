@@ -74,9 +74,10 @@ class MultisetMNIST(Dataset):
         self._class_start = np.concatenate([[0], np.cumsum(self._class_count)[:-1]])
         self._classes_present = np.flatnonzero(self._class_count)
         self._digit_floats = self.digit_images.astype(np.float32)  # resized as float, once converted
-        self._resize_weights = {
-            s: bilinear_weights(DIGIT_SIZE, s) for s in range(min_digit_size, max_digit_size + 1)
-        }
+        # [max_digit_size + 1, max_digit_size, 28]: row s holds size s's weights, zero-padded
+        self._padded_weights = np.zeros((max_digit_size + 1, max_digit_size, DIGIT_SIZE), dtype=np.float32)
+        for size in range(min_digit_size, max_digit_size + 1):
+            self._padded_weights[size, :size] = bilinear_weights(DIGIT_SIZE, size)
         if not repeat_labels and max_digits > len(self._classes_present):  # a pool missing classes
             raise ValueError(
                 f"max_digits={max_digits} with repeat_labels=False: the {split!r} pool has only "
@@ -87,18 +88,30 @@ class MultisetMNIST(Dataset):
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        index = operator.index(index)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices) -> list[dict[str, torch.Tensor]]:
+        """Items of ``indices``, composed together (DataLoader and env use this batched fetch).
+
+        Each canvas's random draws come from its own generator, seeded by (seed, split,
+        index), so an item is the same whichever batch it is drawn in; the painting is done
+        for all of them at once: digits resized per size in one matrix product, boxes read
+        from the resized stack, one division for all images.
+        """
+        plans = [self._plan(operator.index(i)) for i in indices]
+        batch = self._compose(plans)
+        keys = list(batch)
+        return [dict(zip(keys, values)) for values in zip(*(batch[key].unbind(0) for key in keys))]
+
+    def _plan(self, index: int) -> tuple:
+        """The random draws of canvas ``index``: digits, sizes, positions, clutter."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} canvases")
-        entropy = [self.seed, SPLIT_IDS[self.split], index]
-        rng = np.random.default_rng(np.random.SeedSequence(entropy))
-        canvas = np.zeros((self.canvas_size, self.canvas_size), dtype=np.uint8)
-
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], index]))
         num_objects = int(rng.integers(self.min_digits, self.max_digits + 1))
         digit_ids = self._pick_digits(rng, num_objects)  # [k] indices into the pool
         sizes = rng.integers(self.min_digit_size, self.max_digit_size + 1, size=num_objects)  # [k]
-        if self.clutter:
-            self._add_clutter(canvas, rng)
+        clutter = self._clutter_plan(rng) if self.clutter else None
 
         # Grid of square cells as large as the largest digit; one distinct cell per digit, and a
         # random offset inside it that keeps the digit inside its cell (hence the canvas).
@@ -108,30 +121,45 @@ class MultisetMNIST(Dataset):
         offsets = rng.integers(0, cell - sizes + 1, size=(2, num_objects))  # [2, k]: dy, dx
         tops = (cells // cells_per_row) * cell + offsets[0]
         lefts = (cells % cells_per_row) * cell + offsets[1]
+        return index, digit_ids, sizes, tops, lefts, clutter
 
-        boxes = np.zeros((self.max_digits, 4), dtype=np.float32)
-        for j, (digit_id, s, top, left) in enumerate(zip(digit_ids, sizes, tops, lefts)):
-            digit = self._resized(digit_id, int(s))  # uint8 [s, s]
-            region = canvas[top : top + s, left : left + s]
-            np.maximum(region, digit, out=region)  # only the digit's non-zero pixels show
-            rows = np.flatnonzero(digit.any(axis=1))
-            cols = np.flatnonzero(digit.any(axis=0))
-            if rows.size:  # tight box of this digit's own pixels
-                boxes[j] = (left + cols[0], top + rows[0], left + cols[-1] + 1, top + rows[-1] + 1)
-            else:  # a blank source digit: fall back to its square
-                boxes[j] = (left, top, left + s, top + s)
+    def _compose(self, plans: list[tuple]) -> dict[str, torch.Tensor]:
+        """Paint the planned canvases: batched tensors of the item fields."""
+        n, h, k = len(plans), self.canvas_size, self.max_digits
+        canvas = np.zeros((n, h, h), dtype=np.uint8)
+        if self.clutter:
+            self._paste_clutter(canvas, [plan[5] for plan in plans])
+        counts_per = [len(plan[1]) for plan in plans]
+        item = np.repeat(np.arange(n), counts_per)  # [D] the canvas of each digit
+        slot = np.concatenate([np.arange(c) for c in counts_per])  # [D] its place in the item
+        digit_ids, sizes, tops, lefts = (np.concatenate([plan[j] for plan in plans]) for j in (1, 2, 3, 4))
 
-        labels = np.full(self.max_digits, -1, dtype=np.int64)
-        labels[:num_objects] = self.digit_labels[digit_ids]
-        counts = np.bincount(labels[:num_objects], minlength=self.num_classes)
+        # All digits resized in one stacked product, each by its size's weights zero-padded to the
+        # largest size: digit d is the top-left sizes[d] x sizes[d] block of resized[d], zeros elsewhere.
+        weights = self._padded_weights[sizes]  # [D, S, 28]
+        resized = (weights @ self._digit_floats[digit_ids] @ weights.transpose(0, 2, 1) + 0.5).astype(np.uint8)
+        rows_any, cols_any = resized.any(axis=2), resized.any(axis=1)  # [D, S]
+        last = resized.shape[1]
+        tight = np.stack([lefts + cols_any.argmax(1), tops + rows_any.argmax(1),
+                          lefts + last - cols_any[:, ::-1].argmax(1), tops + last - rows_any[:, ::-1].argmax(1)], 1)
+        square = np.stack([lefts, tops, lefts + sizes, tops + sizes], 1)  # a blank source digit: its square
+        boxes = np.zeros((n, k, 4), dtype=np.float32)
+        boxes[item, slot] = np.where(rows_any.any(1)[:, None], tight, square)
+        for j, (s, top, left) in enumerate(zip(sizes.tolist(), tops.tolist(), lefts.tolist())):
+            region = canvas[item[j], top : top + s, left : left + s]
+            np.maximum(region, resized[j, :s, :s], out=region)  # only the digit's non-zero pixels show
+
+        labels = np.full((n, k), -1, dtype=np.int64)
+        labels[item, slot] = self.digit_labels[digit_ids]
+        counts = (labels[:, :, None] == np.arange(self.num_classes)).sum(1).astype(np.int64)
         return {
             # float32 division in numpy: the same values as torch's div_, at a third of the cost
-            "image": torch.from_numpy(np.divide(canvas[None], np.float32(255.0), dtype=np.float32)),  # [1, H, W]
-            "counts": torch.from_numpy(counts.astype(np.int64)),
+            "image": torch.from_numpy(np.divide(canvas[:, None], np.float32(255.0), dtype=np.float32)),  # [n, 1, H, W]
+            "counts": torch.from_numpy(counts),
             "labels": torch.from_numpy(labels),
             "boxes": torch.from_numpy(boxes),
-            "num_objects": torch.from_numpy(np.array(num_objects, dtype=np.int64)),
-            "index": torch.from_numpy(np.array(index, dtype=np.int64)),
+            "num_objects": torch.tensor(counts_per, dtype=torch.int64),
+            "index": torch.tensor([plan[0] for plan in plans], dtype=torch.int64),
         }
 
     def _validate(self) -> None:
@@ -198,27 +226,30 @@ class MultisetMNIST(Dataset):
         within = rng.integers(0, self._class_count[classes])  # one random member per class
         return self._by_class[self._class_start[classes] + within]
 
-    def _resized(self, digit_id: int, size: int) -> np.ndarray:
-        """One pool digit resized bilinearly to size x size (uint8): W @ digit @ W^T."""
-        weights = self._resize_weights[size]  # [size, 28]
-        return (weights @ self._digit_floats[digit_id] @ weights.T + 0.5).astype(np.uint8)  # convex weights: <= 255
-
-    def _add_clutter(self, canvas: np.ndarray, rng: np.random.Generator) -> None:
-        """Paste `clutter` crops of random pool digits into distinct cells of the clutter grid."""
+    def _clutter_plan(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``clutter`` crops of random pool digits: distinct clutter-grid cells, sources, crop corners."""
         c, n = self.clutter_size, self.clutter
         cells_per_row = self.canvas_size // c
         cells = rng.choice(cells_per_row * cells_per_row, size=n, replace=False)
         sources = rng.integers(0, len(self.digit_labels), size=n)
         corners = rng.integers(0, DIGIT_SIZE - c + 1, size=(2, n))  # [2, n]: crop top, left
+        return cells, sources, corners
+
+    def _paste_clutter(self, canvas: np.ndarray, plans: list[tuple]) -> None:
+        """Paste the planned crops into the blank canvases ``[n, H, W]`` (distinct cells: no overlap)."""
+        c = self.clutter_size
+        cells_per_row = self.canvas_size // c
+        cells, sources, corners = (np.concatenate([plan[j] for plan in plans], axis=-1) for j in range(3))
+        item = np.repeat(np.arange(len(plans)), self.clutter)[:, None, None]
         ar = np.arange(c)
         pieces = self.digit_images[
             sources[:, None, None],
             corners[0][:, None, None] + ar[None, :, None],
             corners[1][:, None, None] + ar[None, None, :],
-        ]  # [n, c, c]
+        ]  # [N, c, c]
         rows = ((cells // cells_per_row) * c)[:, None, None] + ar[None, :, None]
         cols = ((cells % cells_per_row) * c)[:, None, None] + ar[None, None, :]
-        canvas[rows, cols] = pieces  # the canvas is still blank and the cells are distinct
+        canvas[item, rows, cols] = pieces
 
 
 def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:

@@ -162,9 +162,17 @@ def locations_at(centres: Tensor, task: TaskSpec) -> Tensor:
     return row * cols + col
 
 
-def read_item(dataset, index: int) -> dict[str, Tensor]:
+def read_items(dataset, indices: Sequence[int]) -> list[dict[str, Tensor]]:
+    """Dataset items as the env uses them; one batched fetch when the dataset has one
+    (``__getitems__``, as ``MultisetMNIST`` and the DataLoader protocol have)."""
+    getitems = getattr(dataset, "__getitems__", None)
+    items = getitems(list(indices)) if callable(getitems) else [dataset[i] for i in indices]
+    return [read_item(dataset, i, item) for i, item in zip(indices, items)]
+
+
+def read_item(dataset, index: int, item: Any = None) -> dict[str, Tensor]:
     """One dataset item as the env uses it: image, counts, labels and boxes (empty if absent)."""
-    item = dataset[index]
+    item = dataset[index] if item is None else item
     if not isinstance(item, dict) or "image" not in item or "counts" not in item:
         keys = sorted(item) if isinstance(item, dict) else type(item).__name__
         raise ValueError(f"dataset item {index} must be a dict with 'image' (C, H, W) and 'counts' (K,) "
@@ -216,7 +224,7 @@ class EpisodeBatch:
     # -- reset ------------------------------------------------------------------------------------
     def load(self, rows: Tensor, indices: Sequence[int]) -> None:
         """Start new episodes in ``rows`` on the dataset items ``indices``."""
-        items = [read_item(self.dataset, int(i)) for i in indices]  # the Dataset API is per item
+        items = read_items(self.dataset, [int(i) for i in indices])
         task = self.task
         low, high = task.image_bounds
         p = task.glimpse_size
