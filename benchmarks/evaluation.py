@@ -31,18 +31,19 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from evaluate import evaluate
-    from glimpse.evaluation.heatmap_eval import BUILTIN
     from glimpse.module import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt")
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--methods", nargs="*", default=sorted(BUILTIN))
+    parser.add_argument("--methods", nargs="*", default=None, help="heatmap methods (default: evaluate.yaml's, all nine)")
     args = parser.parse_args()
 
     out = Path(tempfile.mkdtemp(prefix="glimpse-eval-bench-"))
     overrides = [f"ckpt_path={args.ckpt}", f"data.test_size={args.images}", f"paths.output_dir={out}",
-                 f"heatmaps.methods=[{','.join(args.methods)}]", "logger=none", "hydra.run.dir=."]
+                 "logger=none", "hydra.run.dir=."]
+    if args.methods is not None:
+        overrides.append(f"heatmaps.methods=[{','.join(args.methods)}]")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("evaluate", overrides=overrides)
 
@@ -61,7 +62,7 @@ def main() -> None:
 
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{args.images} test images, methods {args.methods}, {len(metrics)} metric keys")
+    print(f"{args.images} test images, methods {list(cfg.heatmaps.methods)}, {len(metrics)} metric keys, output {out}")
     print("| what | seconds | x floor |\n|---|---|---|")
     print(f"| greedy rollout over the split (floor) | {floor:.1f} | 1.0 |")
     print(f"| python evaluate.py, every metric, report | {whole:.1f} | {whole / floor:.1f} |")

@@ -230,6 +230,7 @@ def test_training_with_and_without_the_callback_gives_identical_weights(tmp_path
                                                              "data.train_size=64", "callbacks.heatmap_metrics=null"]
     run("train.py", *base, "callbacks.heatmaps=null", f"paths.output_dir={tmp_path / 'without'}")
     run("train.py", *base, "callbacks.heatmaps.num_images=2", "callbacks.heatmaps.ig_steps=2",
+        "callbacks.heatmaps.every_n_epochs=1",
         f"paths.output_dir={tmp_path / 'with'}")
     assert len(list((tmp_path / "with" / "heatmaps").rglob("*.png"))) == 4
     without = torch.load(tmp_path / "without" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
