@@ -186,8 +186,7 @@ def test_batched_env_equals_sync_vector_env_of_single_envs(items, kwargs, on_the
     if on_the_fly:  # canvases composed at each reset: the batched env fetches its new items together
         items = MultisetMNIST(split="val", size=24, seed=0)
         fetched = []
-        original = MultisetMNIST.__getitems__
-        items.__getitems__ = lambda indices: fetched.append(len(indices)) or original(items, indices)
+        items.get_batch = lambda indices: fetched.append(len(indices)) or MultisetMNIST.get_batch(items, indices)
     batched = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=n, dataset=items, **kwargs)
     sync = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=n, dataset=items, vectorization_mode="sync", **kwargs)
     assert isinstance(batched, MultisetVectorEnv) and isinstance(sync.envs[0].unwrapped, MultisetEnv)
@@ -298,3 +297,14 @@ def test_rollout_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
     result = rollout(module, envs, indices=list(range(64)))
     for key, value in result["metrics"].items():
         assert value == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_a_batched_fetch_with_other_shapes_names_the_item():
+    class Cropped(MultisetMNIST):
+        def get_batch(self, indices):
+            batch = super().get_batch(indices)
+            return batch | {"image": batch["image"][..., :50]} if len(indices) > 1 else batch
+
+    envs = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=3, dataset=Cropped(split="val", size=8))
+    with pytest.raises(ValueError, match=r"dataset item \d has image \(1, 100, 50\).*built for \(1, 100, 100\)"):
+        envs.reset(options={"indices": [2, 3, 4]})

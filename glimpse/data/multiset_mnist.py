@@ -91,17 +91,20 @@ class MultisetMNIST(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices) -> list[dict[str, torch.Tensor]]:
-        """Items of ``indices``, composed together (DataLoader and env use this batched fetch).
+        """Items of ``indices``, composed together (the DataLoader's batched fetch): :meth:`get_batch`, split."""
+        batch = self.get_batch(indices)
+        keys = list(batch)
+        return [dict(zip(keys, values)) for values in zip(*(batch[key].unbind(0) for key in keys))]
+
+    def get_batch(self, indices) -> dict[str, torch.Tensor]:
+        """The items of ``indices`` stacked: each field with a leading batch dimension (the env's fetch).
 
         Each canvas's random draws come from its own generator, seeded by (seed, split,
         index), so an item is the same whichever batch it is drawn in; the painting is done
-        for all of them at once: digits resized per size in one matrix product, boxes read
+        for all of them at once: all digits resized in one stacked matrix product, boxes read
         from the resized stack, one division for all images.
         """
-        plans = [self._plan(operator.index(i)) for i in indices]
-        batch = self._compose(plans)
-        keys = list(batch)
-        return [dict(zip(keys, values)) for values in zip(*(batch[key].unbind(0) for key in keys))]
+        return self._compose([self._plan(operator.index(i)) for i in indices])
 
     def _plan(self, index: int) -> tuple:
         """The random draws of canvas ``index``: digits, sizes, positions, clutter."""

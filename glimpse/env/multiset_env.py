@@ -162,12 +162,34 @@ def locations_at(centres: Tensor, task: TaskSpec) -> Tensor:
     return row * cols + col
 
 
-def read_items(dataset, indices: Sequence[int]) -> list[dict[str, Tensor]]:
-    """Dataset items as the env uses them; one batched fetch when the dataset has one
-    (``__getitems__``, as ``MultisetMNIST`` and the DataLoader protocol have)."""
-    getitems = getattr(dataset, "__getitems__", None)
-    items = getitems(list(indices)) if callable(getitems) else [dataset[i] for i in indices]
-    return [read_item(dataset, i, item) for i, item in zip(indices, items)]
+def read_batch(dataset, indices: Sequence[int], task) -> dict[str, Tensor]:
+    """Dataset items as the env uses them, stacked: image, counts, labels, boxes.
+
+    One batched fetch when the dataset has one (``get_batch``, as ``MultisetMNIST`` has, or the
+    DataLoader's ``__getitems__``); otherwise item by item. Every item must have the shapes of
+    the env's ``task`` (read from item 0), or a clear error names the item.
+    """
+    get_batch = getattr(dataset, "get_batch", None)
+    if callable(get_batch):
+        batch = get_batch(list(indices))
+        shapes = (tuple(batch["image"].shape[1:]), batch["counts"].shape[1], batch["boxes"].shape[1])
+        if shapes == (task.image_shape, task.num_classes, task.max_objects) and {"labels", "boxes"} <= set(batch):
+            return {key: batch[key] for key in ("image", "counts", "labels", "boxes")}
+        items = [{key: batch[key][j] for key in batch} for j in range(len(indices))]  # find the item to name
+    else:
+        getitems = getattr(dataset, "__getitems__", None)
+        items = getitems(list(indices)) if callable(getitems) else [dataset[i] for i in indices]
+    items = [read_item(dataset, i, item) for i, item in zip(indices, items)]
+    for i, item in zip(indices, items):
+        image = item["image"]
+        if tuple(image.shape) != task.image_shape or item["counts"].shape[0] != task.num_classes \
+                or item["boxes"].shape[0] != task.max_objects:
+            raise ValueError(
+                f"dataset item {int(i)} has image {tuple(image.shape)}, {item['counts'].shape[0]} counts and "
+                f"{item['boxes'].shape[0]} boxes; the env was built for {task.image_shape}, {task.num_classes} and "
+                f"{task.max_objects} (item 0): all items must share these shapes (pad boxes and labels)"
+            )
+    return {key: torch.stack([item[key] for item in items]) for key in ("image", "counts", "labels", "boxes")}
 
 
 def read_item(dataset, index: int, item: Any = None) -> dict[str, Tensor]:
@@ -224,21 +246,12 @@ class EpisodeBatch:
     # -- reset ------------------------------------------------------------------------------------
     def load(self, rows: Tensor, indices: Sequence[int]) -> None:
         """Start new episodes in ``rows`` on the dataset items ``indices``."""
-        items = read_items(self.dataset, [int(i) for i in indices])
+        batch = read_batch(self.dataset, [int(i) for i in indices], self.task)
         task = self.task
         low, high = task.image_bounds
         p = task.glimpse_size
         rows = rows.to(self.device)
-        for i, item in zip(indices, items):
-            image = item["image"]
-            if tuple(image.shape) != task.image_shape or item["counts"].shape[0] != task.num_classes \
-                    or item["boxes"].shape[0] != task.max_objects:
-                raise ValueError(
-                    f"dataset item {int(i)} has image {tuple(image.shape)}, {item['counts'].shape[0]} counts and "
-                    f"{item['boxes'].shape[0]} boxes; the env was built for {task.image_shape}, {task.num_classes} and "
-                    f"{task.max_objects} (item 0): all items must share these shapes (pad boxes and labels)"
-                )
-        images = torch.stack([it["image"] for it in items])
+        images = batch["image"]
         lowest, highest = images.flatten(1).aminmax(dim=1)  # one pass over all new images
         outside = ((lowest < low) | (highest > high)).nonzero()
         if len(outside):
@@ -246,12 +259,12 @@ class EpisodeBatch:
             raise ValueError(f"the image of item {int(indices[j])} spans {lowest[j]:.3g}..{highest[j]:.3g}, outside "
                              f"image_bounds=({low}, {high}); pass image_bounds that hold the data's pixels")
         self.padded[rows, :, p:-p, p:-p] = images.to(self.device)  # the margins keep the fill value
-        counts = torch.stack([it["counts"] for it in items]).to(self.device)
+        counts = batch["counts"].to(self.device, torch.long)
         self.index[rows] = torch.as_tensor([int(i) for i in indices], device=self.device)
         self.targets[rows] = counts
         self.remaining[rows] = counts
-        self.boxes[rows] = torch.stack([it["boxes"] for it in items]).to(self.device)
-        self.box_labels[rows] = torch.stack([it["labels"] for it in items]).to(self.device)
+        self.boxes[rows] = batch["boxes"].to(self.device, torch.float32)
+        self.box_labels[rows] = batch["labels"].to(self.device, torch.long)
         for state in (self.emitted, self.steps, self.centre, self.correct, self.seen):
             state[rows] = 0
         self.glimpse[rows] = task.fill
