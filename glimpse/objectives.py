@@ -39,12 +39,10 @@ def attended_density(episode: Episode) -> Tensor:
 def named_density(episode: Episode, remaining: Tensor) -> Tensor:
     """Density ``(B, T)`` of each step's emitted class at its final glimpse cell (the meta
     cell when ``k = 0``), where that label was still unnamed; at most 1, detached."""
-    locations = episode.glimpse_locations[..., -1] if episode.glimpse_locations.shape[-1] else episode.meta_locations
-    num_classes = episode.class_density.shape[1]
+    _, num_classes, height, width = episode.class_density.shape
     label = episode.labels.clamp(max=num_classes - 1)  # STOP reads class K-1, then is masked out
-    density = episode.class_density.detach().flatten(2)  # (B, K, h*w)
-    at_cell = density.gather(2, locations[:, None, :].expand(-1, num_classes, -1))  # (B, K, T)
-    value = at_cell.gather(1, label[:, None, :]).squeeze(1)  # (B, T)
+    cell = label * (height * width) + episode.step_locations()[..., -1]  # (B, T) into the flat (K * h * w) densities
+    value = episode.class_density.detach().flatten(1).gather(1, cell)
     unnamed = remaining.gather(-1, label[..., None]).squeeze(-1) > 0
     return (value * (unnamed & (episode.labels < num_classes))).clamp(max=1.0)
 

@@ -115,8 +115,7 @@ def baseline_episode(episode, kind: str, attention, generator: torch.Generator |
 
 def step_centres(episode, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Pixel centres of the final glimpse of each step ``(B, T, 2)`` and of every glimpse ``(B, T, k', 2)``."""
-    locations = episode.glimpse_locations if episode.glimpse_locations.shape[-1] else episode.meta_locations[..., None]
-    every = cell_centres(locations, episode.grid, image_hw, episode.cell_stride)
+    every = cell_centres(episode.step_locations(), episode.grid, image_hw, episode.cell_stride)
     return every[:, :, -1], every
 
 

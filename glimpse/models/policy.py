@@ -55,6 +55,10 @@ class Episode:
         """The discrete decisions, for replaying the same episode (attribution, env)."""
         return {"meta_locations": self.meta_locations, "glimpse_locations": self.glimpse_locations, "labels": self.labels}
 
+    def step_locations(self) -> Tensor:
+        """Cells ``(B, T, k')`` each meta step looked at: its ``k`` glimpses, or its meta cell when ``k = 0``."""
+        return self.glimpse_locations if self.glimpse_locations.shape[-1] else self.meta_locations[..., None]
+
     def location_logp(self) -> Tensor:
         """Log-probability ``(B, T)`` of all location decisions of each meta step."""
         return self.meta_logp + self.glimpse_logp.sum(-1)
