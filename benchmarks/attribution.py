@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from glimpse.attribution.episode import attribute_episode, default_layer, emitted_label_targets, replay_logits
-from glimpse.attribution.methods import attribute, batched_vjp, find_layer
+from glimpse.attribution.methods import attribute, batched_vjp, find_layer, graph_from_layer
 
 OURS = {"gradcam": "gradcam", "gradcam++": "gradcam_plus_plus", "gradient": "gradient", "IG": "integrated_gradients"}
 
@@ -49,13 +49,7 @@ def limit(model: nn.Module, forward, images: torch.Tensor, targets: torch.Tensor
 
     def run():
         captured = []
-
-        def from_layer(module, args, output):
-            torch.set_grad_enabled(True)
-            captured.append(output.detach().requires_grad_(True))
-            return captured[-1]
-
-        handle = find_layer(model, layer).register_forward_hook(from_layer) if layer else None
+        handle = find_layer(model, layer).register_forward_hook(graph_from_layer(captured)) if layer else None
         try:
             if layer:
                 with torch.no_grad():

@@ -124,6 +124,20 @@ def batched_vjp(outputs: Tensor, inputs: Sequence[Tensor], retain_graph: bool = 
     return [g.transpose(0, 1) for g in grads]
 
 
+def graph_from_layer(captured: list[Tensor]) -> Callable:
+    """A forward hook for a forward run under ``torch.no_grad()``: gradients turn on at the
+    layer, whose output becomes a leaf (appended to ``captured``) that the rest of the forward
+    records a graph from. CAMs need nothing before the layer, so nothing there is recorded."""
+
+    def hook(module, args, output):
+        torch.set_grad_enabled(True)  # the enclosing no_grad() restores the mode when the forward ends
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()  # in-place ops after the layer act on the copy, not on what we read
+
+    return hook
+
+
 def _all_class_gradients(logits: Tensor, targets: Tensor, x: Tensor) -> Tensor:
     """Gradients ``(B, M, K, C, H, W)`` of every class's logit at each target's slot."""
     b, k = logits.shape[0], logits.shape[-1]
@@ -264,14 +278,6 @@ def attribute(
         captured.append(output)
         return output.clone()  # later in-place ops (e.g. ReLU(inplace=True)) must not change what we read
 
-    def hook_from_layer(module, args, output):
-        """CAMs alone need no graph before the layer: the forward runs without one up to here,
-        and from here on records one that starts at the layer's output."""
-        torch.set_grad_enabled(True)  # the enclosing no_grad() restores the mode when the forward ends
-        leaf = output.detach().requires_grad_(True)
-        captured.append(leaf)
-        return leaf.clone()  # in-place ops after the layer act on the copy, not on what we read
-
     was_training = model.training
     devices = [images.device] if images.device.type == "cuda" else []
     handle = None
@@ -284,7 +290,7 @@ def attribute(
             layer_methods = [m for m in methods if m in LAYER_METHODS]
             if input_methods or layer_methods:
                 if layer_methods:
-                    handle = target_module.register_forward_hook(hook if input_methods else hook_from_layer)
+                    handle = target_module.register_forward_hook(hook if input_methods else graph_from_layer(captured))
                 if input_methods:
                     picked, logits = pick(x, 1)
                 else:
