@@ -8,6 +8,7 @@ of (seed, split, index), so no canvas is ever stored and any worker can draw any
 from __future__ import annotations
 
 import operator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,6 +18,17 @@ from glimpse.data.digits import load_digits
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 DIGIT_SIZE = 28  # MNIST digits are 28 x 28; clutter pieces are cropped from them
+
+
+class CanvasPlan(NamedTuple):
+    """The random draws of one canvas (``MultisetMNIST._plan``); ``[k]`` arrays over its digits."""
+
+    index: int
+    digit_ids: np.ndarray  # pool indices
+    sizes: np.ndarray  # side in pixels
+    tops: np.ndarray
+    lefts: np.ndarray
+    clutter: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # cells, sources, crop corners
 
 
 class MultisetMNIST(Dataset):
@@ -106,7 +118,7 @@ class MultisetMNIST(Dataset):
         """
         return self._compose([self._plan(operator.index(i)) for i in indices])
 
-    def _plan(self, index: int) -> tuple:
+    def _plan(self, index: int) -> CanvasPlan:
         """The random draws of canvas ``index``: digits, sizes, positions, clutter."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} canvases")
@@ -124,18 +136,19 @@ class MultisetMNIST(Dataset):
         offsets = rng.integers(0, cell - sizes + 1, size=(2, num_objects))  # [2, k]: dy, dx
         tops = (cells // cells_per_row) * cell + offsets[0]
         lefts = (cells % cells_per_row) * cell + offsets[1]
-        return index, digit_ids, sizes, tops, lefts, clutter
+        return CanvasPlan(index, digit_ids, sizes, tops, lefts, clutter)
 
-    def _compose(self, plans: list[tuple]) -> dict[str, torch.Tensor]:
+    def _compose(self, plans: list[CanvasPlan]) -> dict[str, torch.Tensor]:
         """Paint the planned canvases: batched tensors of the item fields."""
         n, h, k = len(plans), self.canvas_size, self.max_digits
         canvas = np.zeros((n, h, h), dtype=np.uint8)
         if self.clutter:
-            self._paste_clutter(canvas, [plan[5] for plan in plans])
-        counts_per = [len(plan[1]) for plan in plans]
+            self._paste_clutter(canvas, [plan.clutter for plan in plans])
+        counts_per = [len(plan.digit_ids) for plan in plans]
         item = np.repeat(np.arange(n), counts_per)  # [D] the canvas of each digit
         slot = np.concatenate([np.arange(c) for c in counts_per])  # [D] its place in the item
-        digit_ids, sizes, tops, lefts = (np.concatenate([plan[j] for plan in plans]) for j in (1, 2, 3, 4))
+        digit_ids, sizes, tops, lefts = (np.concatenate([getattr(plan, field) for plan in plans])
+                                         for field in ("digit_ids", "sizes", "tops", "lefts"))
 
         # All digits resized in one stacked product, each by its size's weights zero-padded to the
         # largest size: digit d is the top-left sizes[d] x sizes[d] block of resized[d], zeros elsewhere.
@@ -162,7 +175,7 @@ class MultisetMNIST(Dataset):
             "labels": torch.from_numpy(labels),
             "boxes": torch.from_numpy(boxes),
             "num_objects": torch.tensor(counts_per, dtype=torch.int64),
-            "index": torch.tensor([plan[0] for plan in plans], dtype=torch.int64),
+            "index": torch.tensor([plan.index for plan in plans], dtype=torch.int64),
         }
 
     def _validate(self) -> None:
