@@ -172,9 +172,10 @@ def read_batch(dataset, indices: Sequence[int], task) -> dict[str, Tensor]:
     get_batch = getattr(dataset, "get_batch", None)
     if callable(get_batch):
         batch = get_batch(list(indices))
-        shapes = (tuple(batch["image"].shape[1:]), batch["counts"].shape[1], batch["boxes"].shape[1])
-        if shapes == (task.image_shape, task.num_classes, task.max_objects) and {"labels", "boxes"} <= set(batch):
-            return {key: batch[key] for key in ("image", "counts", "labels", "boxes")}
+        fields = ("image", "counts", "labels", "boxes")
+        if set(fields) <= set(batch) and (tuple(batch["image"].shape[1:]), batch["counts"].shape[1], batch["boxes"].shape[1]) \
+                == (task.image_shape, task.num_classes, task.max_objects):
+            return {key: batch[key] for key in fields}
         items = [{key: batch[key][j] for key in batch} for j in range(len(indices))]  # find the item to name
     else:
         getitems = getattr(dataset, "__getitems__", None)
