@@ -3,9 +3,14 @@
     python -m glimpse.compare objectives=[multiset,reinforce] seeds=[0,1,2] budget_minutes=10 \
         data=mnist_multi_4 [output=benchmarks/objectives.md] [overrides=[data.train_size=20000]]
 
-Each (objective, seed) is one ``train.py`` run in a subprocess, stopped by Lightning's
-``trainer.max_time`` after ``budget_minutes`` of fitting (validation included), then tested.
-The script reads each run's ``metrics.json`` and writes one markdown table (mean ± standard
+Each (objective, seed) is one ``train.py`` run in a subprocess with ``threads`` torch threads
+and its data composed in the same process, stopped after ``budget_minutes`` of fitting
+(validation included), then tested. The budget is CPU time by default (``budget=cpu``,
+:class:`glimpse.reliability.CpuBudget`): the same work for every run whatever else the machine
+is doing; ``budget=wall`` uses Lightning's ``trainer.max_time`` instead. ``jobs`` runs go at
+once (``jobs=2 threads=1`` keeps two cores busy). A finished run (its ``run.json`` and
+``metrics.json`` in ``runs_dir``) is read back, not run again, so an interrupted comparison
+resumes with the same command. The script writes one markdown table (mean ± standard
 deviation over the seeds, test split) and, with ``logger=wandb``, the same table to W&B.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -43,7 +49,10 @@ COLUMNS = (
 class CompareConfig:
     objectives: list = field(default_factory=lambda: ["multiset", "reinforce"])  # configs/objective/<name>.yaml
     seeds: list = field(default_factory=lambda: [0, 1, 2])
-    budget_minutes: float = 10.0  # wall clock of each run's fit (trainer.max_time)
+    budget_minutes: float = 10.0  # each run's fit: CPU minutes (budget=cpu) or wall-clock minutes (budget=wall)
+    budget: str = "cpu"  # cpu (CpuBudget: the same work under any load) | wall (trainer.max_time)
+    threads: int = 1  # torch threads of each run (OMP_NUM_THREADS)
+    jobs: int = 1  # runs at once
     data: str = "mnist_multi_4"  # configs/data/<name>.yaml
     overrides: list = field(default_factory=list)  # more train.py overrides, the same for every run
     logger: str = "none"  # configs/logger/<name>.yaml, for the runs and (wandb) the table
@@ -63,7 +72,7 @@ def parse(argv: list[str]) -> CompareConfig:
     bad = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in allowed]
     if bad:
         raise ConfigError(f"unknown argument {bad[0]!r}; give key=value with key one of {allowed}")
-    text = {"data", "logger", "output", "runs_dir", "note"}  # taken as written (a note may hold a colon)
+    text = {"data", "logger", "output", "runs_dir", "note", "budget"}  # taken as written (a note may hold a colon)
     pairs = [a.split("=", 1) for a in argv]
     given = OmegaConf.to_container(OmegaConf.from_dotlist([a for a, (k, _) in zip(argv, pairs) if k not in text]))
     given.update({k: v for k, v in pairs if k in text})
@@ -83,6 +92,12 @@ def parse(argv: list[str]) -> CompareConfig:
         raise ConfigError(f"seeds={cfg.seeds} must be integers")
     if isinstance(cfg.budget_minutes, bool) or not isinstance(cfg.budget_minutes, (int, float)) or not cfg.budget_minutes > 0:
         raise ConfigError(f"budget_minutes={cfg.budget_minutes} must be a number of minutes > 0")
+    if cfg.budget not in ("cpu", "wall"):
+        raise ConfigError(f"budget={cfg.budget} must be cpu (CPU minutes of each run) or wall (wall-clock minutes)")
+    for key in ("threads", "jobs"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value} must be a whole number >= 1")
     return cfg
 
 
@@ -93,23 +108,42 @@ def max_time(minutes: float) -> str:
 
 
 def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dict:
-    """Train and test one (objective, seed) in a subprocess; its metrics, wall time and return code."""
+    """Train and test one (objective, seed) in a subprocess; its metrics, wall time and return code.
+
+    A run already finished in ``run_dir`` (``run.json`` and ``metrics.json``) is read back instead."""
+    record, metrics_path = run_dir / "run.json", run_dir / "metrics.json"
+    if record.is_file() and metrics_path.is_file():
+        done = json.loads(record.read_text())
+        if done.get("returncode") == 0:
+            return {**done, "objective": objective, "seed": seed, "metrics": json.loads(metrics_path.read_text()),
+                    "reused": True}
+    if cfg.budget == "cpu":
+        budget = ["+callbacks.cpu_budget._target_=glimpse.reliability.CpuBudget",
+                  f"+callbacks.cpu_budget.minutes={float(cfg.budget_minutes)}",
+                  "data.num_workers=0"]  # the data's work is counted in the same process
+    else:
+        budget = [f"trainer.max_time='{max_time(cfg.budget_minutes)}'"]
     overrides = [
         f"objective={objective}", f"seed={seed}", f"data={cfg.data}", f"logger={cfg.logger}",
-        f"paths.output_dir={run_dir}", f"trainer.max_time='{max_time(cfg.budget_minutes)}'",
+        f"paths.output_dir={run_dir}", *budget,
         "trainer.max_epochs=-1",  # the budget stops training
         "model.scheduler=constant",  # a cosine schedule needs a known number of steps
         "test=true", *map(str, cfg.overrides),
     ]
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    threads = str(cfg.threads)
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
     start = time.perf_counter()
+    # a CPU budget takes longer than its minutes in wall-clock time on a loaded machine
+    timeout = float(cfg.budget_minutes) * 60 * (10 if cfg.budget == "cpu" else 3) + 900
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=float(cfg.budget_minutes) * 60 * 3 + 900)
+                          text=True, timeout=timeout)
     wall = time.perf_counter() - start
-    metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if proc.returncode == 0 and metrics_path.is_file() else {}
     if not metrics:
         print(f"  {objective} seed {seed} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}", file=sys.stderr)
+    else:
+        record.write_text(json.dumps({"wall_time": wall, "returncode": proc.returncode}))
     return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": proc.returncode}
 
 
@@ -141,14 +175,17 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = (f"{platform.node()}: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
                f"Python {platform.python_version()}, torch {version('torch')}")
-    lines = [f"## data={cfg.data}, {cfg.budget_minutes:g} min per run, seeds {list(cfg.seeds)}", ""]
+    budget = "CPU" if cfg.budget == "cpu" else "wall-clock"
+    lines = [f"## data={cfg.data}, {cfg.budget_minutes:g} {budget} min per run, seeds {list(cfg.seeds)}", ""]
     if cfg.note:
         lines += [cfg.note, ""]
     lines += [
         f"- command: `{command}`",
         f"- machine: {machine}; {when}",
-        "- each run: `train.py` stopped by `trainer.max_time` after the budget of fitting (validation included), "
-        "constant learning rate, then the test split with the best checkpoint by val F1; "
+        f"- each run: `train.py` with {cfg.threads} torch thread(s), stopped after the budget of fitting (validation "
+        "included; " + ("CPU time of the run's process, data composed in it: `glimpse.reliability.CpuBudget`"
+                        if cfg.budget == "cpu" else "wall-clock time: `trainer.max_time`") +
+        f"), {cfg.jobs} run(s) at once, constant learning rate, then the test split with the best checkpoint by val F1; "
         f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",
         "- mean ± standard deviation over the seeds (test split; a run with nothing to score, NaN, is left out of "
         "that column); wall time is the whole run (start-up, fit, test)",
@@ -181,13 +218,18 @@ def log_wandb_table(cfg: CompareConfig, rows: list[dict], runs_dir: Path) -> Non
 def compare(cfg: CompareConfig, command: str) -> list[dict]:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
     runs_dir = Path(cfg.runs_dir or ROOT / "outputs" / "compare" / stamp).resolve()
-    runs = []
-    for objective in cfg.objectives:
-        for seed in cfg.seeds:
-            print(f"{objective} seed {seed}: {cfg.budget_minutes:g} min ...", flush=True)
-            runs.append(run_one(cfg, objective, seed, runs_dir / objective / f"seed_{seed}"))
-            f1 = runs[-1]["metrics"].get("test/multiset/f1")
-            print(f"  test F1 {f1 if f1 is None else round(f1, 4)}, wall time {runs[-1]['wall_time']:.0f} s", flush=True)
+
+    def one(objective: str, seed: int) -> dict:
+        run = run_one(cfg, objective, seed, runs_dir / objective / f"seed_{seed}")
+        f1 = run["metrics"].get("test/multiset/f1")
+        print(f"{objective} seed {seed}: test F1 {f1 if f1 is None else round(f1, 4)}, wall time "
+              f"{run['wall_time']:.0f} s{' (read back from an earlier run)' if run.get('reused') else ''}", flush=True)
+        return run
+
+    print(f"{len(cfg.objectives) * len(cfg.seeds)} runs of {cfg.budget_minutes:g} {cfg.budget} min, {cfg.jobs} at once, "
+          f"under {runs_dir}", flush=True)
+    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+        runs = list(pool.map(lambda pair: one(*pair), [(o, s) for o in cfg.objectives for s in cfg.seeds]))
     rows = summarise(runs, cfg.objectives)
     section = markdown(cfg, rows, command, runs_dir)
     output = Path(cfg.output)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from glimpse.compare import CompareConfig, markdown, max_time, summarise
+from glimpse.compare import main as compare_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "[data.train_size=64,data.val_size=16,data.test_size=16,data.batch_size=16,data.num_workers=0,model.policy.hidden=16,~callbacks.heatmap_metrics,~callbacks.heatmaps]"
@@ -50,13 +51,23 @@ def test_budget_is_lightnings_max_time():
     (["seeds=[0,x]"], "seeds="),
     (["budget_minutes=0"], "budget_minutes=0 must be a number of minutes > 0"),
     (["data=imagenet"], "data=imagenet is not a config in configs/data"),
-    (["budget=3"], "unknown argument 'budget=3'"),
+    (["budget=3"], "budget=3 must be cpu (CPU minutes of each run) or wall"),
+    (["jobs=0"], "jobs=0 must be a whole number >= 1"),
+    (["threads=two"], "threads=two must be a whole number >= 1"),
+    (["epochs=3"], "unknown argument 'epochs=3'"),
 ])
-def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, args, message):
+def test_bad_arguments_are_one_line_errors_and_write_nothing(tmp_path, args, message, capsys):
     out = tmp_path / "table.md"
-    proc = compare(*args, f"output={out}", f"runs_dir={tmp_path / 'runs'}")
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        compare_main([*args, f"output={out}", f"runs_dir={tmp_path / 'runs'}"])
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in stderr and "Traceback" not in stderr
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_command_line_error_exits_2_without_traceback(tmp_path):
+    proc = compare("objectives=[multiset,nope]", f"output={tmp_path / 'table.md'}")
+    assert proc.returncode == 2 and "objectives=nope is not a config" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -17,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from conftest import ROOT, run
 
 from glimpse.module import load_checkpoint
-from glimpse.reliability import AtomicCheckpointIO, FiniteGradients, LastCheckpoint, RunFault
+from glimpse.reliability import AtomicCheckpointIO, CpuBudget, FiniteGradients, LastCheckpoint, RunFault
 
 # 4 optimiser steps per epoch, 2 epochs, last.ckpt after every step
 SMALL = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32", "model.policy.hidden=32",
@@ -307,3 +308,38 @@ def test_seeded_order_resumes_mid_epoch():
     assert list(order) == full[4:] and len(order) == 10
     order.set_epoch(3)  # a new epoch starts from its beginning
     assert len(list(order)) == 10 and order.start == 0
+
+
+def _budget_trainer():
+    return SimpleNamespace(should_stop=False, global_step=7,
+                           strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision))
+
+
+def _burn_cpu(seconds: float) -> None:
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        sum(range(1000))
+
+
+def test_cpu_budget_counts_cpu_time_not_waiting_and_carries_over_a_resume():
+    budget, trainer = CpuBudget(minutes=0.3 / 60), _budget_trainer()
+    budget.on_fit_start(trainer, None)
+    time.sleep(0.5)  # waiting (another job holding the core) is not CPU time
+    budget.on_train_batch_end(trainer, None, None, None, 0)
+    assert not trainer.should_stop
+    _burn_cpu(0.35)
+    budget.on_train_batch_end(trainer, None, None, None, 1)
+    assert trainer.should_stop
+    state = budget.state_dict()
+    assert 0.35 <= state["used_seconds"] < 2.0
+    resumed, trainer = CpuBudget(minutes=0.3 / 60), _budget_trainer()
+    resumed.load_state_dict(state)
+    resumed.on_fit_start(trainer, None)
+    resumed.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.should_stop, "a resumed run continues the budget it had used"
+
+
+@pytest.mark.parametrize("minutes", [0, -1, "10", True])
+def test_cpu_budget_rejects_what_is_not_a_positive_number_of_minutes(minutes):
+    with pytest.raises(ValueError, match="must be a number of CPU minutes > 0"):
+        CpuBudget(minutes=minutes)
