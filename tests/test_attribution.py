@@ -189,21 +189,25 @@ def test_episode_maps_equal_one_target_at_a_time(glimpse_case):
 
 
 def test_heatmap_registry_scores_attribution_methods(glimpse_case):
-    """The evaluation registry's maps are attribute_episode's rows, upsampled with the cell geometry."""
+    """The evaluation registry's maps (one row per target, each step's targets in one call) are
+    attribute_episode's (B, T) grid rows, CAMs upsampled with the cell geometry."""
     from glimpse.evaluation.heatmap_eval import resolve_methods
     from glimpse.models.attention import upsample_cells
 
     policy, images, episode = glimpse_case
-    methods = resolve_methods(["saliency_map", "gradcam", "gradient"])
+    names = ["gradcam", "gradient", "saliency_active", "integrated_gradients"]
+    methods = resolve_methods(["saliency_map", *names])
     rows = torch.tensor([[0, 0, 2], [1, 2, 1], [1, 0, 3]])  # (image, step, class)
     grid = torch.full_like(episode.labels, NO_TARGET)
     grid[rows[:, 0], rows[:, 1]] = rows[:, 2]
-    ref = attribute_episode(policy, images, ["gradcam", "gradient"], episode=episode, targets=grid, upsample=False)
+    ref = attribute_episode(policy, images, names, episode=episode, targets=grid, upsample=False)
     cam = methods["gradcam"](policy, images, episode, rows)
     assert cam.shape == (3, 48, 48)
     expected = upsample_cells(ref["gradcam"][rows[:, 0], rows[:, 1]], (48, 48), episode.cell_stride)
-    assert torch.allclose(cam, expected)
-    assert torch.allclose(methods["gradient"](policy, images, episode, rows), ref["gradient"][rows[:, 0], rows[:, 1]])
+    assert torch.allclose(cam, expected, atol=1e-6)
+    for name in names[1:]:
+        mine, theirs = methods[name](policy, images, episode, rows), ref[name][rows[:, 0], rows[:, 1]]
+        assert mine.abs().sum() > 0 and torch.allclose(mine, theirs, atol=1e-6), name
     with pytest.raises(ValueError, match="gradcam_typo"):
         resolve_methods(["gradcam_typo"])
 

@@ -136,3 +136,52 @@ def test_cell_centres_are_the_receptive_field_centres(make):
     assert torch.allclose(centroid, centre, atol=1.0), (centroid, centre)
     even = cell_centres(torch.tensor(row * w + col), (h, w), (size, size))  # the even split is off
     assert (even - centroid).abs().max() > 1.5
+
+
+def _randomise_batch_norms(module):
+    g = torch.Generator().manual_seed(3)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("make, folded", [
+    (lambda: ConvBackbone(1, (8, 8, 8), (2, 2, 2), (1, 1, 2)), 3),
+    (lambda: ResNetBackbone("resnet18", stages=3, in_channels=1), 15),  # stem + 2 x 2 + 2 x (2 x 2 + downsample)
+])
+def test_inference_copy_folds_batch_norms_and_replays_the_same_episode(make, folded):
+    from glimpse.models.inference import fold_batch_norms, inference_copy
+
+    torch.manual_seed(0)
+    policy = GlimpsePolicy(make(), num_classes=10, hidden=32, key_dim=16, label_dim=8)
+    _randomise_batch_norms(policy)
+    policy.train()
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    images = torch.rand(4, 1, 64, 64)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(policy)
+    fast = inference_copy(policy)
+    assert policy.training and all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())  # untouched
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 0
+    assert fold_batch_norms(inference_copy(policy)) == 0 and fold_batch_norms(policy.eval()) == folded
+    policy = GlimpsePolicy(make(), num_classes=10, hidden=32, key_dim=16, label_dim=8)  # unfolded again
+    policy.load_state_dict(before)
+    policy.eval()
+    fast = inference_copy(policy)
+    # the same names: the CAM layer of the copy is the original's
+    assert [n for n, _ in fast.named_modules()] == [n for n, _ in policy.named_modules()]
+    with torch.no_grad():
+        episode = policy(images, 3, location_mode="greedy", label_mode="greedy")
+        replayed = fast(images, 3, location_mode="greedy", label_mode="greedy", actions=episode.actions())
+    assert torch.allclose(replayed.label_logits, episode.label_logits, atol=1e-4)
+    assert torch.allclose(replayed.class_density, episode.class_density, rtol=1e-4, atol=1e-6)
+    x = images.clone().requires_grad_(True)
+    (g_fast,) = torch.autograd.grad(fast(x, 2, location_mode="greedy", label_mode="greedy",
+                                         actions=episode.actions()).label_logits[:, 1, 0].sum(), x)
+    x = images.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(policy(x, 2, location_mode="greedy", label_mode="greedy",
+                                      actions=episode.actions()).label_logits[:, 1, 0].sum(), x)
+    assert torch.allclose(g_fast, g, atol=1e-5 * g.abs().max())

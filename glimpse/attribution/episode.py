@@ -49,20 +49,64 @@ def emitted_label_targets(episode: Episode, num_classes: int | None = None) -> T
     return torch.where(alive, episode.labels, torch.full_like(episode.labels, NO_TARGET))
 
 
+def replay(policy: GlimpsePolicy, actions: dict[str, Tensor], images: Tensor, image: Tensor, steps: int) -> Tensor:
+    """Label logits ``(n, steps, K + 1)`` of ``images (n, C, H, W)`` with the recorded
+    ``actions`` of source images ``image (n,)`` replayed for ``steps`` meta steps; ``images``
+    may also hold ``r`` copies stacked (``r * n`` rows, as Integrated Gradients' path points
+    come), the actions then tiled. The one place a recorded episode is replayed on new
+    (perturbed, interpolated, masked) images; differentiable in ``images``."""
+    copies = images.shape[0] // image.shape[0]
+    played = {k: v[image, :steps] for k, v in actions.items()}
+    if copies > 1:
+        played = {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in played.items()}
+    return policy(images, steps, location_mode="greedy", label_mode="greedy", actions=played).label_logits
+
+
 def replay_logits(policy: GlimpsePolicy, episode: Episode, steps: int | None = None):
     """``forward(images (r * B, ...)) -> label logits (r * B, T, K)``: the episode's actions
     replayed (tiled over ``r`` stacked copies of the batch), STOP's logit left out."""
     actions = episode.actions()
     steps = episode.labels.shape[1] if steps is None else steps
-    batch = episode.labels.shape[0]
+    every = torch.arange(episode.labels.shape[0], device=episode.labels.device)
+    return lambda images: replay(policy, actions, images, every, steps)[..., : policy.num_classes]
 
-    def forward(images: Tensor) -> Tensor:
-        copies = images.shape[0] // batch
-        replay = {k: v[:, :steps].repeat(copies, *([1] * (v.dim() - 1))) for k, v in actions.items()}
-        ep = policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
-        return ep.label_logits[..., : policy.num_classes]
 
-    return forward
+def step_logits(model: nn.Module, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
+    """Label logits ``(n, K + 1)`` of each target ``(n, 3)`` rows (image, step, class) at its
+    step, on ``images (n, C, H, W)`` (one per target) with the actions of the target's source
+    image replayed; the rollout stops at the last step the targets need. Differentiable."""
+    policy, _ = policy_of(model)
+    image, step, _ = targets.unbind(1)
+    logits = replay(policy, actions, images, image, int(step.max()) + 1)
+    return logits[torch.arange(len(targets), device=images.device), step]
+
+
+def attribute_targets(model: nn.Module, images: Tensor, methods: Sequence[str], episode: Episode, targets: Tensor,
+                      layer: str | None = None, **kwargs) -> dict[str, Tensor]:
+    """Raw maps ``{method: (N, h, w)}`` of targets ``(N, 3)`` rows (image, step, class): one
+    map per target, CAMs at the layer's resolution, the episode's actions replayed.
+
+    Unlike :func:`attribute_episode`'s ``(B, T)`` grid, each target is its own row, so a step
+    without a target costs no backward pass (in a grid every column of every image is one).
+    Targets of the same step share one :func:`~glimpse.attribution.methods.attribute` call
+    whose replay stops at that step. Other keyword arguments go to ``attribute``.
+    """
+    policy, _ = policy_of(model)
+    actions = episode.actions()
+    layer = layer or default_layer(model)
+    out: dict[str, Tensor] = {}
+    for step in targets[:, 1].unique().tolist():
+        rows = (targets[:, 1] == step).nonzero()[:, 0]
+        image = targets[rows, 0]
+
+        def forward(x: Tensor, image: Tensor = image, step: int = step) -> Tensor:
+            return replay(policy, actions, x, image, step + 1)[:, step, : policy.num_classes]
+
+        maps = attribute(model, images[image], targets[rows, 2:3], methods, layer=layer, upsample=False,
+                         forward=forward, **kwargs)
+        for name, value in maps.items():
+            out.setdefault(name, value.new_zeros(len(targets), *value.shape[-2:]))[rows] = value[:, 0]
+    return out
 
 
 def attribute_episode(

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from glimpse import multiset
-from glimpse.attribution.episode import attribute_episode, emitted_label_targets
+from glimpse.attribution.episode import attribute_targets, emitted_label_targets, step_logits
 from glimpse.attribution.methods import METHODS as ATTRIBUTION_METHODS
 from glimpse.attribution.methods import NO_TARGET
 from glimpse.evaluation import heatmaps
 from glimpse.models.attention import upsample_cells
+from glimpse.models.inference import inference_copy
 from glimpse.models.policy import Episode
 
 Method = Callable[..., Tensor]  # (model, images, episode, targets) -> maps (N, H, W)
@@ -41,10 +42,10 @@ BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}
 class AttributionMethods:
     """The attribution methods of :mod:`glimpse.attribution` as heatmap methods.
 
-    All requested methods come from one :func:`~glimpse.attribution.episode.attribute_episode`
-    call per batch (one forward pass, batched gradients): the targets ``(N, 3)`` become a
-    ``(B, T)`` grid of classes per meta step (NO_TARGET elsewhere), the maps are computed at
-    the layer's resolution and cell-sized ones upsampled with the backbone's cell geometry
+    All requested methods come from one :func:`~glimpse.attribution.episode.attribute_targets`
+    call per batch (one forward pass per meta step, batched gradients, one backward pass per
+    target and no more), the maps computed at the layer's resolution and cell-sized ones
+    upsampled with the backbone's cell geometry
     (:func:`~glimpse.models.attention.upsample_cells`). The first method asked for a batch
     computes them all; the others read the cache.
     """
@@ -59,11 +60,9 @@ class AttributionMethods:
 
     def maps(self, name: str, model, images: Tensor, episode: Episode, targets: Tensor) -> Tensor:
         if self._for is None or any(a is not b for a, b in zip(self._for, (model, images, episode, targets))):
-            grid = torch.full_like(episode.labels, NO_TARGET)
-            grid[targets[:, 0], targets[:, 1]] = targets[:, 2]
-            self._maps = attribute_episode(model, images, self.names, episode=episode, targets=grid, upsample=False)
+            self._maps = attribute_targets(model, images, self.names, episode, targets)
             self._for = (model, images, episode, targets)
-        maps = self._maps[name][targets[:, 0], targets[:, 1]]  # (N, h, w) or (N, H, W)
+        maps = self._maps[name]  # (N, h, w) or (N, H, W)
         hw = tuple(images.shape[-2:])
         return maps if tuple(maps.shape[-2:]) == hw else upsample_cells(maps, hw, episode.cell_stride)
 
@@ -116,20 +115,10 @@ def emitted_targets(episode: Episode, num_classes: int) -> Tensor:
     return torch.stack([image, step, grid[image, step]], 1)
 
 
-def replay_logits(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
-    """Label logits ``(n, K + 1)`` of each target ``(n, 3)`` at its step, on ``images (n, C, H, W)``,
-    with the recorded ``actions`` (of the targets' source images) replayed; differentiable in
-    ``images``. The rollout stops at the last step the targets need."""
-    image, step, _ = targets.unbind(1)
-    steps = int(step.max()) + 1
-    replay = {k: v[image, :steps] for k, v in actions.items()}
-    ep = model.policy(images, steps, location_mode="greedy", label_mode="greedy", actions=replay)
-    return ep.label_logits[torch.arange(len(targets), device=images.device), step]
-
-
 def target_probability(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
-    """Probability ``(n,)`` of each target's label at its step (:func:`replay_logits`); differentiable."""
-    return replay_logits(model, actions, targets, images).softmax(-1).gather(1, targets[:, 2:3]).squeeze(1)
+    """Probability ``(n,)`` of each target's label at its step
+    (:func:`~glimpse.attribution.episode.step_logits`); differentiable."""
+    return step_logits(model, actions, targets, images).softmax(-1).gather(1, targets[:, 2:3]).squeeze(1)
 
 
 def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -150,7 +139,9 @@ def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, 
 class HeatmapEvaluation:
     """Accumulates the four heatmap metrics of each method over batches.
 
-    ``update(model, batch, episode, methods)``; ``compute()`` gives
+    ``update(model, batch, episode, methods)`` scores the batch's right labels with an
+    :func:`~glimpse.models.inference.inference_copy` of the model (the model is not touched);
+    ``compute()`` gives
     ``attribution/<method>/<metric>`` (pointing game and its energy version: the mean over
     classes of the per-class mean; deletion/insertion AUC: the mean over targets) and the
     per-class values for the report.
@@ -166,6 +157,7 @@ class HeatmapEvaluation:
         targets = right_label_targets(episode, batch["counts"])
         if not len(targets):
             return
+        model = inference_copy(model)  # batch norm folded, channels-last: the same function, faster replays
         boxes = batch["boxes"][targets[:, 0]]
         valid = batch["labels"][targets[:, 0]] == targets[:, 2:3]
         hw = tuple(images.shape[-2:])

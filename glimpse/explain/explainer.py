@@ -8,7 +8,7 @@ image is the multiset the model emitted (its greedy rollout, labels before the f
 one row (image, step, class) per emitted label. The class score of a masked image is the
 glimpse model's label logits at that step with the recorded glimpse actions replayed on the
 masked image (greedy rollout on the original image, replay on the masked one; see
-:func:`glimpse.evaluation.heatmap_eval.replay_logits`), so the mask explains the label the
+:func:`glimpse.attribution.episode.step_logits`), so the mask explains the label the
 model gave at the place it looked. Losses per emitted label, with the class's mask ``m``:
 
 - classification: cross entropy of the emitted label on ``image * m``;
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glimpse.evaluation.heatmap_eval import emitted_targets, replay_logits
+from glimpse.attribution.episode import step_logits
+from glimpse.evaluation.heatmap_eval import emitted_targets
 from glimpse.explain import masks as losses
 
 LOSS_KEYS = ("classification", "entropy", "area", "absent", "tv")
@@ -120,8 +121,8 @@ class ExplainerModule(pl.LightningModule):
             m = masks[targets[:, 0], targets[:, 2]]  # (N, H, W)
             x = images[targets[:, 0]]
             actions = episode.actions()
-            kept = replay_logits(self.glimpse, actions, targets, x * m[:, None])
-            removed = replay_logits(self.glimpse, actions, targets, x * (1 - m[:, None]))
+            kept = step_logits(self.glimpse, actions, targets, x * m[:, None])
+            removed = step_logits(self.glimpse, actions, targets, x * (1 - m[:, None]))
             parts |= {"classification": losses.classification_loss(kept, targets[:, 2]),
                       "entropy": losses.entropy_loss(removed), "area": losses.area_loss(m),
                       "tv": losses.total_variation(m)}
