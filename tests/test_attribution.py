@@ -210,6 +210,8 @@ def test_heatmap_registry_scores_attribution_methods(glimpse_case):
         assert mine.abs().sum() > 0 and torch.allclose(mine, theirs, atol=1e-6), name
     with pytest.raises(ValueError, match="gradcam_typo"):
         resolve_methods(["gradcam_typo"])
+    everything = resolve_methods("all")
+    assert list(everything) == ["saliency_map", *METHODS] and list(resolve_methods(["all"])) == list(everything)
 
 
 def test_smoke_run_leaves_heatmap_pngs_and_wandb_images(smoke_run):

@@ -83,6 +83,9 @@ def test_replay_score_stops_early_and_equals_the_full_replay():
                       actions={k: v[targets[:, 0]] for k, v in episode.actions().items()})
     expected = full.label_logits[rows, targets[:, 1]].softmax(-1)[rows, targets[:, 2]]
     assert torch.allclose(scored, expected, atol=1e-6)
+    # what HeatmapEvaluation takes as deletion's first point: the recorded episode's own probability
+    recorded = episode.label_logits[targets[:, 0], targets[:, 1]].softmax(-1).gather(1, targets[:, 2:3])[:, 0]
+    assert torch.allclose(recorded, expected, atol=1e-6)
     first = (targets[:, 1] == 0).nonzero()[:, 0]  # rows of step 0 need one step only
     if len(first):
         assert torch.allclose(replay_score(SimpleNamespace(policy=policy), episode, targets)(images[targets[first, 0]], first),

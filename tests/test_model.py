@@ -185,3 +185,21 @@ def test_inference_copy_folds_batch_norms_and_replays_the_same_episode(make, fol
     (g,) = torch.autograd.grad(policy(x, 2, location_mode="greedy", label_mode="greedy",
                                       actions=episode.actions()).label_logits[:, 1, 0].sum(), x)
     assert torch.allclose(g_fast, g, atol=1e-5 * g.abs().max())
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_labels_only_replay_gives_the_same_label_logits_and_gradients(k):
+    policy = small_policy(k=k).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        episode = policy(images, 3, location_mode="sample", label_mode="sample")
+    logits = {}
+    for only in (False, True):
+        x = images.clone().requires_grad_(True)
+        replay = policy(x, 3, location_mode="greedy", label_mode="greedy", actions=episode.actions(), labels_only=only)
+        (grad,) = torch.autograd.grad(replay.label_logits[:, :, 1].sum(), x)
+        logits[only] = (replay.label_logits.detach(), grad)
+    assert torch.allclose(logits[True][0], episode.label_logits, atol=1e-5)
+    assert torch.allclose(logits[True][0], logits[False][0]) and torch.allclose(logits[True][1], logits[False][1])
+    with pytest.raises(ValueError, match="labels_only needs the locations forced"):
+        policy(images, 3, labels_only=True, actions={"labels": episode.labels})

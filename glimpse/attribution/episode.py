@@ -59,7 +59,7 @@ def replay(policy: GlimpsePolicy, actions: dict[str, Tensor], images: Tensor, im
     played = {k: v[image, :steps] for k, v in actions.items()}
     if copies > 1:
         played = {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in played.items()}
-    return policy(images, steps, location_mode="greedy", label_mode="greedy", actions=played).label_logits
+    return policy(images, steps, location_mode="greedy", label_mode="greedy", actions=played, labels_only=True).label_logits
 
 
 def replay_logits(policy: GlimpsePolicy, episode: Episode, steps: int | None = None):

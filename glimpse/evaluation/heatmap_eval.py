@@ -37,6 +37,7 @@ def saliency_map_method(model, images: Tensor, episode: Episode, targets: Tensor
 
 
 BUILTIN: dict[str, Method] = {"saliency_map": saliency_map_method}
+ALL = [*BUILTIN, *ATTRIBUTION_METHODS]  # `heatmaps.methods=all`: the ones that need no settings or checkpoint
 
 
 class AttributionMethods:
@@ -68,7 +69,8 @@ class AttributionMethods:
 
 
 def resolve_methods(names, key: str = "heatmaps.methods", settings=None) -> dict[str, Method]:
-    """The methods named in a config, or a ValueError naming the config key and the known names.
+    """The methods named in a config (or ``all``: :data:`ALL`), or a ValueError naming the config
+    key and the known names.
 
     Attribution methods (:mod:`glimpse.attribution`) share one batched call per batch; methods
     built from settings (``explainer``, ``igos``: glimpse/explain/methods.py) take theirs from
@@ -76,7 +78,7 @@ def resolve_methods(names, key: str = "heatmaps.methods", settings=None) -> dict
     """
     from glimpse.explain.methods import CONFIGURED
 
-    names = list(names)
+    names = ALL if names == "all" or list(names) == ["all"] else list(names)
     known = list(BUILTIN) + list(ATTRIBUTION_METHODS) + list(CONFIGURED)
     unknown = sorted(set(names) - set(known))
     if unknown:
@@ -164,7 +166,10 @@ class HeatmapEvaluation:
         tolerance = heatmaps.pointing_tolerance(hw)
         target_images = images[targets[:, 0]]
         score = replay_score(model, episode, targets)
-        ends = heatmaps.perturbation_endpoints(score, target_images) if self.perturbation else None
+        ends = None
+        if self.perturbation:  # the unperturbed images' scores are the recorded episode's
+            original = episode.label_logits[targets[:, 0], targets[:, 1]].softmax(-1).gather(1, targets[:, 2:3])[:, 0]
+            ends = heatmaps.perturbation_endpoints(score, target_images, original=original)
         self.classes.append(targets[:, 2].cpu())
         for name, method in methods.items():
             maps = method(model, images, episode, targets).detach()

@@ -112,12 +112,17 @@ def _chunked(score: Callable[[Tensor, Tensor], Tensor], images: Tensor, rows: Te
     return torch.cat([score(images[i : i + chunk], rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
 
 
-def perturbation_endpoints(score: Callable[[Tensor, Tensor], Tensor], images: Tensor, chunk: int = 256) -> dict[str, Tensor]:
+def perturbation_endpoints(score: Callable[[Tensor, Tensor], Tensor], images: Tensor, chunk: int = 256,
+                           original: Tensor | None = None) -> dict[str, Tensor]:
     """Scores ``(N,)`` of the images every method's curves share: the original, the deleted
-    (all zeros) and the blurred image. Compute once, pass to every :func:`perturbation_auc`."""
+    (all zeros) and the blurred image, and the blurred images themselves (``blurred_images``,
+    insertion's start). Compute once, pass to every :func:`perturbation_auc`. ``original``: the
+    scores of the unperturbed images when the caller has them already (the recorded episode)."""
     rows = torch.arange(images.shape[0], device=images.device)
-    return {name: _chunked(score, x, rows, chunk)
-            for name, x in (("original", images), ("zeros", torch.zeros_like(images)), ("blurred", blur(images)))}
+    blurred = blur(images)
+    ends = {name: _chunked(score, x, rows, chunk) for name, x in (("zeros", torch.zeros_like(images)), ("blurred", blurred))}
+    ends["original"] = _chunked(score, images, rows, chunk) if original is None else original
+    return ends | {"blurred_images": blurred}
 
 
 def perturbation_auc(
@@ -144,7 +149,7 @@ def perturbation_auc(
     order = torch.sort(maps.flatten(1), dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=maps.device).expand(n, -1))
     rank = rank.view(n, 1, h, w)
-    blurred = blur(images)
+    blurred = endpoints["blurred_images"] if "blurred_images" in endpoints else blur(images)
     inner = torch.linspace(0, 1, steps + 1, device=images.device)[1:-1]
     ends = {"deletion": ("original", "zeros"), "insertion": ("blurred", "original")}
     curves = {}

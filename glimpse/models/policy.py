@@ -189,23 +189,29 @@ class GlimpsePolicy(nn.Module):
         actions: dict[str, Tensor] | None = None,
         record: bool = False,
         label_roll_in: Callable[[Tensor, Tensor], Tensor] | None = None,
+        labels_only: bool = False,
     ) -> Episode:
         """Roll out ``num_steps`` meta steps on a batch; ``actions`` replays recorded decisions.
 
         ``label_roll_in(attention_mask (B, h*w), class_density (B, K, h, w)) -> labels (B,)``,
         when given, picks each step's label instead of the model (oracle roll-in).
+        ``labels_only``: with every location forced by ``actions``, compute only what the label
+        logits depend on (the meta-controller's state, the value and the location policies'
+        log-probabilities do not feed them; those fields are zeros). For replays that score labels.
         """
         for name, mode in (("location_mode", location_mode), ("label_mode", label_mode)):
             if mode not in ("sample", "greedy"):
                 raise ValueError(f"{name} must be 'sample' or 'greedy', got {mode!r}")
         actions = actions or {}
+        if labels_only and not {"meta_locations", "glimpse_locations"} <= set(actions):
+            raise ValueError("labels_only needs the locations forced: actions with meta_locations and glimpse_locations")
         activations = self.backbone(image)  # (B, C, h, w)
         saliency_map, class_density = self.saliency(activations)
         batch, _, height, width = activations.shape
         if self.read_density:
             activations = torch.cat([activations, class_density], 1)  # (B, C + K, h, w)
         features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        keys = self.keys(features)  # (B, h*w, D)
+        keys = None if labels_only else self.keys(features)  # (B, h*w, D)
         hidden = self.meta.cell.hidden_size
         h_meta = c_meta = image.new_zeros(batch, hidden)
         h_ctrl = c_ctrl = image.new_zeros(batch, self.controller.cell.hidden_size)
@@ -223,19 +229,27 @@ class GlimpsePolicy(nn.Module):
             seen = saliency.detach() if self.meta.detach_saliency else saliency
             mass = seen.sum(-1, keepdim=True)
             log_mass = torch.log1p(mass)
-            h_meta, c_meta = self.meta.cell(torch.cat([summary, self.label_embedding(prev_label), log_mass], -1), (h_meta, c_meta))
-            value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach()).squeeze(-1)
-            loc_logits = self.meta.location_logits(h_meta, keys, seen)
             forced = actions.get("meta_locations")
-            loc, loc_logp, loc_ent = _choose(loc_logits, location_mode, None if forced is None else forced[:, t])
+            if labels_only:
+                loc = forced[:, t]
+                loc_logp = loc_ent = value = mass.new_zeros(batch)
+            else:
+                h_meta, c_meta = self.meta.cell(torch.cat([summary, self.label_embedding(prev_label), log_mass], -1),
+                                                (h_meta, c_meta))
+                value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach()).squeeze(-1)
+                loc_logits = self.meta.location_logits(h_meta, keys, seen)
+                loc, loc_logp, loc_ent = _choose(loc_logits, location_mode, None if forced is None else forced[:, t])
             mask = self.meta.attention(loc, height, width)  # (B, h*w)
             g0 = self.interface.initial_glimpse(mask, features)  # (B, C)
 
             g_locs, g_logps, g_ents, prios = [], [], [], []
             for j in range(self.num_glimpses):
-                prio = self.interface.priority_map(mask, keys, h_ctrl)
                 forced = actions.get("glimpse_locations")
-                g_loc, g_logp, g_ent = _choose(prio, location_mode, None if forced is None else forced[:, t, j])
+                if labels_only:
+                    g_loc, g_logp, g_ent, prio = forced[:, t, j], loc_logp, loc_ent, mask.new_zeros(mask.shape)
+                else:
+                    prio = self.interface.priority_map(mask, keys, h_ctrl)
+                    g_loc, g_logp, g_ent = _choose(prio, location_mode, None if forced is None else forced[:, t, j])
                 glimpse = self.controller.read(features, g_loc, height, width)
                 h_ctrl, c_ctrl = self.controller.cell(torch.cat([glimpse, g0, log_mass], -1), (h_ctrl, c_ctrl))
                 g_locs.append(g_loc), g_logps.append(g_logp), g_ents.append(g_ent), prios.append(prio)
