@@ -25,13 +25,13 @@ def test_smoke_experiment_writes_checkpoint_metrics_and_wandb_run(smoke_run):
 def test_evaluate_scores_the_checkpoint(smoke_run, tmp_path):
     out, _ = smoke_run
     run("evaluate.py", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "data.test_size=32", "data.num_workers=0",
-        f"paths.output_dir={tmp_path}", "logger=wandb")
+        f"paths.output_dir={tmp_path}", "logger=wandb", "heatmaps.methods=all")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) >= {"multiset/exact_match", "multiset/precision", "multiset/recall", "multiset/f1"}
     for who in ("", "random/", "saliency/"):  # the model and its two baselines
         for key in ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box"):
             assert 0.0 <= metrics[f"localisation/{who}{key}"] <= 1.0
-    for method in ("saliency_map", *METHODS):  # evaluate.yaml scores every attribution method
+    for method in ("saliency_map", *METHODS):  # heatmaps.methods=all: every attribution method
         for key in ("pointing_game", "energy_pointing_game", "deletion_auc", "insertion_auc"):
             assert 0.0 <= metrics[f"attribution/{method}/{key}"] <= 1.0, (method, key)
     report = (tmp_path / "report.md").read_text()
