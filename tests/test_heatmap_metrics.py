@@ -4,7 +4,7 @@ import math
 import torch
 
 from glimpse.evaluation.heatmaps import (
-    energy_pointing_game, per_class_mean, perturbation_auc, pointing_game, pointing_tolerance,
+    blur, energy_pointing_game, per_class_mean, perturbation_auc, pointing_game, pointing_tolerance,
 )
 
 BOX = torch.tensor([[[20.0, 20.0, 40.0, 40.0]]])
@@ -58,6 +58,36 @@ def test_deletion_of_the_right_pixels_beats_deletion_of_an_inverted_map():
     assert good["insertion"].item() > bad["insertion"].item()
     # the perfect map removes all 16 evidence pixels in the first 1/16 of the 256 pixels
     assert math.isclose(good["deletion"].item(), 0.5 / 16, rel_tol=1e-5)
+
+
+def test_deletion_and_insertion_score_each_distinct_image_once_and_equal_scoring_all():
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(3, 1, 16, 16)
+    images[:, :, 4:8, 4:8] = torch.rand(3, 1, 4, 4, generator=g) + 0.5  # objects on a black background
+    weights = torch.rand(1, 1, 16, 16, generator=g)
+    scored_rows = []
+
+    def score(x, rows):  # any deterministic function of the image
+        scored_rows.append(len(rows))
+        return torch.sigmoid((x * weights).sum((1, 2, 3)) - 2.0)
+
+    perfect = torch.zeros(3, 16, 16)
+    perfect[:, 4:8, 4:8] = 1.0
+    maps = torch.cat([perfect[:1], torch.rand(2, 16, 16, generator=g)])  # one perfect map, two random
+    steps = 8
+    auc = perturbation_auc(score, images, maps, steps=steps)
+    # the reference: every point of every curve scored
+    rank = torch.empty(3, 256, dtype=torch.long).scatter_(
+        1, maps.flatten(1).sort(dim=-1, descending=True, stable=True).indices, torch.arange(256).expand(3, -1)).view(3, 1, 16, 16)
+    blurred = blur(images)
+    for name, start, end in (("deletion", images, torch.zeros_like(images)), ("insertion", blurred, images)):
+        curve = torch.stack([score(torch.where(rank < round(f * 256), end, start), torch.arange(3)) for f in torch.linspace(0, 1, steps + 1).tolist()], 1)
+        assert torch.allclose(auc[name], torch.trapezoid(curve, dx=1 / steps, dim=1), atol=1e-6), name
+    scored_rows.clear()
+    perturbation_auc(score, images[:1], maps[:1], steps=steps)
+    # the perfect map deletes all 16 object pixels by 1/8 of the 256: deletion's later points are
+    # the all-zero image, scored once as the endpoint
+    assert sum(scored_rows) < 3 + 2 * (steps - 1)
 
 
 def test_replay_score_stops_early_and_equals_the_full_replay():

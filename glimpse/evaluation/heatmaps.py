@@ -125,6 +125,29 @@ def perturbation_endpoints(score: Callable[[Tensor, Tensor], Tensor], images: Te
     return ends | {"blurred_images": blurred}
 
 
+def _score_distinct(score: Callable[[Tensor, Tensor], Tensor], stacked: Tensor, start: Tensor, end: Tensor,
+                    first: Tensor, last: Tensor, chunk: int) -> Tensor:
+    """Scores ``(N, S)`` of the perturbed images ``stacked (N, S, C, H, W)`` of each target's
+    curve, scoring only the distinct ones: an image equal to the curve's end has the end's
+    score, and one equal to the point before it (or to the start) that point's score. Exact,
+    since the replay is deterministic; on canvases with a black background most deletion
+    points past the objects' pixels are the all-zero image."""
+    n, s = stacked.shape[:2]
+    same_end = (stacked == end[:, None]).flatten(2).all(-1)  # (N, S)
+    before = torch.cat([start[:, None], stacked[:, :-1]], 1)
+    same_before = (stacked == before).flatten(2).all(-1)
+    todo = ~(same_end | same_before)
+    target, point = todo.nonzero(as_tuple=True)  # target-major, as the rows of each chunk
+    scored = _chunked(score, stacked[target, point], target, chunk) if len(target) else first.new_zeros(0)
+    fresh = first.new_zeros(n, s)
+    fresh[target, point] = scored
+    probs = []
+    for i in range(s):
+        previous = first if i == 0 else probs[-1]
+        probs.append(torch.where(same_end[:, i], last, torch.where(same_before[:, i], previous, fresh[:, i])))
+    return torch.stack(probs, 1)
+
+
 def perturbation_auc(
     score: Callable[[Tensor, Tensor], Tensor], images: Tensor, maps: Tensor, steps: int = 10, chunk: int = 256,
     endpoints: dict[str, Tensor] | None = None,
@@ -135,8 +158,9 @@ def perturbation_auc(
     perturbed image, ``rows`` telling which target (row of ``maps``) it belongs to, so the
     caller can replay per-target state (the glimpse model replays the recorded actions).
     The fractions strictly between 0 and 1 of all targets go through ``score`` in chunks of
-    ``chunk`` images; the two ends do not depend on the map and come from ``endpoints``
-    (:func:`perturbation_endpoints`, shared by all methods) or are computed here.
+    ``chunk`` images, each distinct image once (:func:`_score_distinct`); the two ends do not
+    depend on the map and come from ``endpoints`` (:func:`perturbation_endpoints`, shared by
+    all methods) or are computed here.
     """
     if steps < 1:
         raise ValueError(f"deletion/insertion steps must be >= 1, got {steps}")
@@ -156,11 +180,9 @@ def perturbation_auc(
     for name, start, end in (("deletion", images, torch.zeros_like(images)), ("insertion", blurred, images)):
         first, last = (endpoints[k][:, None] for k in ends[name])
         if len(inner):
-            values = [torch.where(rank < torch.round(f * h * w), end, start) for f in inner]
-            stacked = torch.stack(values, 1).flatten(0, 1)  # (N * (steps-1), C, H, W), target-major
-            rows = torch.arange(n, device=images.device).repeat_interleave(len(inner))
-            probs = _chunked(score, stacked, rows, chunk)
-            curve = torch.cat([first, probs.view(n, len(inner)), last], 1)
+            stacked = torch.stack([torch.where(rank < torch.round(f * h * w), end, start) for f in inner], 1)
+            probs = _score_distinct(score, stacked, start, end, first[:, 0], last[:, 0], chunk)
+            curve = torch.cat([first, probs, last], 1)
         else:
             curve = torch.cat([first, last], 1)
         curves[name] = torch.trapezoid(curve, dx=1.0 / steps, dim=1)
