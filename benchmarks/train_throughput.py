@@ -3,8 +3,10 @@
 Prints, measured in one run on the same batch: images/s of a full training step (policy
 rollout, objective, backward, Adam step) and of the backbone's forward+backward alone,
 and their ratio. Absolute times drift on a shared machine; the ratio is the number to keep.
+``--layouts`` also times the full step with the parameters channels-last (the default,
+``model.channels_last=true``) against contiguous (NCHW), alternating, in the same run.
 
-    python benchmarks/train_throughput.py [--batch-size 64] [--repeats 20]
+    python benchmarks/train_throughput.py [--batch-size 64] [--repeats 20] [--layouts]
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--layouts", action="store_true", help="full step channels-last against NCHW")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.policy.num_glimpses=1")
     args = parser.parse_args()
 
@@ -71,6 +74,36 @@ def main() -> None:
     print(f"full training step      {full * 1e3:8.1f} ms  {n / full:8.1f} images/s")
     print(f"backbone fwd+bwd alone  {backbone * 1e3:8.1f} ms  {n / backbone:8.1f} images/s")
     print(f"ratio full / backbone   {full / backbone:8.2f}")
+    if args.layouts:
+        layout_ratio(policy, objective, images, counts, steps, args.repeats)
+
+
+def layout_ratio(policy, objective, images, counts, steps: int, repeats: int) -> None:
+    """Full training step with channels-last parameters against contiguous ones, alternating
+    rounds so drift on a shared machine hits both alike."""
+    import copy
+
+    layouts = {"channels-last": torch.channels_last, "contiguous (NCHW)": torch.contiguous_format}
+    steps_of = {}
+    for name, layout in layouts.items():
+        model = copy.deepcopy(policy).to(memory_format=layout)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            episode = model(images, steps, location_mode="sample", label_mode=objective.label_mode)
+            loss = objective(episode, counts)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steps_of[name] = step
+    best = {name: float("inf") for name in layouts}
+    for _ in range(5):
+        for name, step in steps_of.items():
+            best[name] = min(best[name], timed(step, max(1, repeats // 5)))
+    for name, seconds in best.items():
+        print(f"full step, {name:18s}{seconds * 1e3:8.1f} ms")
+    print(f"contiguous / channels-last {best['contiguous (NCHW)'] / best['channels-last']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,26 @@ def test_labels_only_replay_gives_the_same_label_logits_and_gradients(k):
     assert torch.allclose(logits[True][0], logits[False][0]) and torch.allclose(logits[True][1], logits[False][1])
     with pytest.raises(ValueError, match="labels_only needs the locations forced"):
         policy(images, 3, labels_only=True, actions={"labels": episode.labels})
+
+
+def test_module_convolutions_are_channels_last_by_default_and_train_the_same_function(tmp_path):
+    from glimpse.module import GlimpseModule
+
+    policy = {"_target_": "glimpse.models.policy.GlimpsePolicy", "hidden": 16, "key_dim": 8, "label_dim": 4,
+              "backbone": {"_target_": "glimpse.models.backbone.ConvBackbone", "channels": [8, 8], "strides": [2, 2],
+                           "dilations": [1, 1]}}
+    modules = {}
+    for layout in (True, False):
+        torch.manual_seed(0)
+        modules[layout] = GlimpseModule(policy, {}, num_classes=10, class_names=[str(c) for c in range(10)], max_steps=3,
+                                        channels_last=layout)
+    weight = {k: m.policy.backbone.features[3].weight for k, m in modules.items()}  # 8 input channels
+    assert weight[True].is_contiguous(memory_format=torch.channels_last) and not weight[True].is_contiguous()
+    assert weight[False].is_contiguous() and torch.equal(weight[True], weight[False])
+    images = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        episodes = {k: m.eval().predict_episode(images) for k, m in modules.items()}
+    assert torch.allclose(episodes[True].label_logits, episodes[False].label_logits, atol=1e-5)
+    # a checkpoint of either layout loads into the other
+    modules[False].load_state_dict(modules[True].state_dict())
+    assert modules[False].policy.backbone.features[3].weight.is_contiguous()
