@@ -173,8 +173,9 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
     """One section: what ran, on which machine, and the table."""
     names = [name for name, _ in COLUMNS] + ["wall time (s)"]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = (f"{platform.node()}: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, "
-               f"Python {platform.python_version()}, torch {version('torch')}")
+    cpu = " ".join(filter(None, (platform.machine(), platform.processor())))
+    machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+               f"torch {version('torch')}")
     budget = "CPU" if cfg.budget == "cpu" else "wall-clock"
     lines = [f"## data={cfg.data}, {cfg.budget_minutes:g} {budget} min per run, seeds {list(cfg.seeds)}", ""]
     if cfg.note:
