@@ -9,12 +9,13 @@ and its data composed in the same process, stopped after ``budget_minutes`` of f
 :class:`glimpse.reliability.CpuBudget`): the same work for every run whatever else the machine
 is doing; ``budget=wall`` uses Lightning's ``trainer.max_time`` instead. ``jobs`` runs go at
 once (``jobs=2 threads=1`` keeps two cores busy). A finished run (its ``run.json`` and
-``metrics.json`` in ``runs_dir``) is read back, not run again, so an interrupted comparison
+``metrics.json`` in ``runs_dir``, with the commit it ran) is read back, not run again, so an interrupted comparison
 resumes with the same command. The script writes one markdown table (mean ± standard
 deviation over the seeds, test split) and, with ``logger=wandb``, the same table to W&B.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -101,6 +102,19 @@ def parse(argv: list[str]) -> CompareConfig:
     return cfg
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The commit the runs are trained with (``+dirty`` with uncommitted changes), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def max_time(minutes: float) -> str:
     """Lightning's ``DD:HH:MM:SS`` for a budget in minutes (whole seconds, at least one)."""
     seconds = max(round(minutes * 60), 1)
@@ -143,8 +157,9 @@ def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dic
     if not metrics:
         print(f"  {objective} seed {seed} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}", file=sys.stderr)
     else:
-        record.write_text(json.dumps({"wall_time": wall, "returncode": proc.returncode}))
-    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": proc.returncode}
+        record.write_text(json.dumps({"wall_time": wall, "returncode": proc.returncode, "commit": code_version()}))
+    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": proc.returncode,
+            "commit": code_version()}
 
 
 def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
@@ -152,7 +167,8 @@ def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
     rows = []
     for objective in objectives:
         done = [r for r in runs if r["objective"] == objective and r["metrics"]]
-        row = {"objective": objective, "runs": len(done), "seeds": len([r for r in runs if r["objective"] == objective])}
+        row = {"objective": objective, "runs": len(done), "seeds": len([r for r in runs if r["objective"] == objective]),
+               "commits": sorted({r.get("commit", "unknown") for r in done})}
         columns = [(name, [r["metrics"].get(key, float("nan")) for r in done]) for name, key in COLUMNS]
         columns.append(("wall time (s)", [r["wall_time"] for r in done]))
         for name, values in columns:
@@ -188,6 +204,7 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
                         if cfg.budget == "cpu" else "wall-clock time: `trainer.max_time`") +
         f"), {cfg.jobs} run(s) at once, constant learning rate, then the test split with the best checkpoint by val F1; "
         f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",
+        code_line(rows),
         "- mean ± standard deviation over the seeds (test split; a run with nothing to score, NaN, is left out of "
         "that column); wall time is the whole run (start-up, fit, test)",
         "",
@@ -198,6 +215,15 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
         cells = [fmt(*row[name], 1 if name.startswith("wall") else 3) for name in names]
         lines.append(f"| `{row['objective']}` | " + " | ".join(cells) + f" | {row['runs']}/{row['seeds']} |")
     return "\n".join(lines) + "\n"
+
+
+def code_line(rows: list[dict]) -> str:
+    """Which commit trained the runs; a table resumed across code changes says so, per objective."""
+    commits = sorted({c for row in rows for c in row.get("commits", [])})
+    if len(commits) <= 1:
+        return f"- code: commit `{commits[0] if commits else 'unknown'}`"
+    each = "; ".join(f"{row['objective']}: {', '.join(row['commits'])}" for row in rows)
+    return f"- code: **runs from {len(commits)} commits** (read back from earlier runs): {each}"
 
 
 def log_wandb_table(cfg: CompareConfig, rows: list[dict], runs_dir: Path) -> None:

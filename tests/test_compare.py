@@ -21,10 +21,11 @@ def compare(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=1200)
 
 
-def fake_run(objective, seed, f1, hit, wall, failed=False):
+def fake_run(objective, seed, f1, hit, wall, failed=False, commit="abc1234"):
     metrics = {} if failed else {"test/multiset/exact_match": f1 / 2, "test/multiset/precision": f1, "test/multiset/recall": f1,
                                  "test/multiset/f1": f1, "test/localisation/glimpse_hit_rate": hit}
-    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": 1 if failed else 0}
+    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": 1 if failed else 0,
+            "commit": commit}
 
 
 def test_table_is_the_mean_and_spread_over_seeds(tmp_path):
@@ -39,7 +40,12 @@ def test_table_is_the_mean_and_spread_over_seeds(tmp_path):
     assert "| `multiset` | 0.425 ± 0.035 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.600 ± 0.141 | 105.0 ± 7.1 | 2/2 |" in text
     assert "| `reinforce` | 0.100 | 0.200 | 0.200 | 0.200 | 0.100 | 90.0 | 1/2 |" in text  # one seed: no spread
     assert "| `sequence_area` | 0.000 | 0.000 | 0.000 | 0.000 | — | 80.0 | 1/1 |" in text
-    assert "smoke budget" in text and "CPU cores" in text
+    assert "smoke budget" in text and "CPU cores" in text and "- code: commit `abc1234`" in text
+    # a comparison resumed after the code changed says which runs came from which commit
+    mixed = summarise([fake_run("multiset", 0, 0.8, 0.5, 100.0), fake_run("multiset", 1, 0.9, 0.7, 110.0, commit="def5678")],
+                      ["multiset"])
+    assert "runs from 2 commits** (read back from earlier runs): multiset: abc1234, def5678" in markdown(
+        CompareConfig(), mixed, "python -m glimpse.compare", tmp_path)
 
 
 def test_budget_is_lightnings_max_time():
