@@ -117,10 +117,15 @@ def emitted_targets(episode: Episode, num_classes: int) -> Tensor:
     return torch.stack([image, step, grid[image, step]], 1)
 
 
+def label_probability(logits: Tensor, targets: Tensor) -> Tensor:
+    """Probability ``(n,)`` of each target's class under its step's label logits ``(n, K + 1)``."""
+    return logits.softmax(-1).gather(1, targets[:, 2:3]).squeeze(1)
+
+
 def target_probability(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
     """Probability ``(n,)`` of each target's label at its step
     (:func:`~glimpse.attribution.episode.step_logits`); differentiable."""
-    return step_logits(model, actions, targets, images).softmax(-1).gather(1, targets[:, 2:3]).squeeze(1)
+    return label_probability(step_logits(model, actions, targets, images), targets)
 
 
 def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -168,7 +173,7 @@ class HeatmapEvaluation:
         score = replay_score(model, episode, targets)
         ends = None
         if self.perturbation:  # the unperturbed images' scores are the recorded episode's
-            original = episode.label_logits[targets[:, 0], targets[:, 1]].softmax(-1).gather(1, targets[:, 2:3])[:, 0]
+            original = label_probability(episode.label_logits[targets[:, 0], targets[:, 1]], targets)
             ends = heatmaps.perturbation_endpoints(score, target_images, original=original)
         self.classes.append(targets[:, 2].cpu())
         for name, method in methods.items():

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glimpse.attribution.episode import step_logits
-from glimpse.evaluation.heatmap_eval import emitted_targets
+from glimpse.evaluation.heatmap_eval import emitted_targets, label_probability
 from glimpse.explain import masks as losses
 
 LOSS_KEYS = ("classification", "entropy", "area", "absent", "tv")
@@ -127,7 +127,7 @@ class ExplainerModule(pl.LightningModule):
                       "entropy": losses.entropy_loss(removed), "area": losses.area_loss(m),
                       "tv": losses.total_variation(m)}
             with torch.no_grad():
-                parts["kept_probability"] = kept.softmax(-1).gather(1, targets[:, 2:3]).mean()
+                parts["kept_probability"] = label_probability(kept, targets).mean()
         else:
             parts |= {k: masks.new_zeros(()) for k in ("classification", "entropy", "area", "tv")}
         parts["loss"] = sum(self.hparams.weights[k] * parts[k] for k in LOSS_KEYS)
