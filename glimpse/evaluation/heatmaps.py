@@ -173,7 +173,7 @@ def perturbation_auc(
     order = torch.sort(maps.flatten(1), dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=maps.device).expand(n, -1))
     rank = rank.view(n, 1, h, w)
-    blurred = endpoints["blurred_images"] if "blurred_images" in endpoints else blur(images)
+    blurred = endpoints["blurred_images"]  # insertion's start, blurred once for all methods
     inner = torch.linspace(0, 1, steps + 1, device=images.device)[1:-1]
     ends = {"deletion": ("original", "zeros"), "insertion": ("blurred", "original")}
     curves = {}
