@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from conftest import ROOT, run
 
+from glimpse.data.datamodule import SeededOrder
 from glimpse.module import load_checkpoint
 from glimpse.reliability import AtomicCheckpointIO, CpuBudget, FiniteGradients, LastCheckpoint, RunFault
 
@@ -59,6 +60,27 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(uninterrup
     assert not (tmp_path / "metrics.json").exists()
     run("train.py", *SMALL, f"paths.output_dir={tmp_path}", "ckpt_path=last")
     assert metrics_of(tmp_path) == metrics_of(uninterrupted)
+
+
+def test_sigterm_to_the_whole_process_group_with_a_data_worker_saves_then_exits_143(tmp_path):
+    """``timeout``, ``kill -- -PGID`` and SLURM's scancel signal every process of the job, the
+    DataLoader worker included; the worker must not die before the main process has saved."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    args = [*SMALL, "data.num_workers=1", f"paths.output_dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 600
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # the process group: main process and worker alike
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, f"exit {proc.returncode}, not 143 (saved, then exited):\n{stderr[-3000:]}"
+    assert "SIGTERM: saved" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    step = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert 1 <= step < 8
+    run("train.py", *args, "ckpt_path=last")
+    assert metrics_of(tmp_path)["test/multiset/f1"] >= 0
 
 
 def test_resume_last_without_a_checkpoint_is_a_clear_error(tmp_path):
@@ -296,6 +318,33 @@ def test_seeded_order_is_the_order_of_a_seeded_shuffled_loader_under_lightning(n
         seen.append(probe.seen)
     assert seen[0] == seen[1] and len(seen[0]) == 60
     assert sorted(seen[1][20:40]) == data and seen[1][:20] != seen[1][20:40]  # each epoch a new permutation
+
+
+class _WorkerDraws(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import random
+        return torch.tensor([random.random(), torch.rand(()).item(), float(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)])
+
+
+def test_data_workers_ignore_sigterm_and_keep_lightnings_worker_seeding(monkeypatch):
+    """``worker_init`` replaces the worker_init_fn Lightning adds under ``seed_everything(workers=True)``:
+    the workers must draw the same random numbers as with Lightning's."""
+    from functools import partial
+
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    from glimpse.data.datamodule import seeded_loader
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    ours = torch.cat(list(seeded_loader(_WorkerDraws(), 2, True, 5, 1, False)))
+    lightnings = torch.cat(list(torch.utils.data.DataLoader(
+        _WorkerDraws(), batch_size=2, sampler=SeededOrder(4, 5, True), generator=torch.Generator().manual_seed(5),
+        num_workers=1, worker_init_fn=partial(pl_worker_init_function, rank=0))))
+    assert torch.equal(ours[:, :2], lightnings[:, :2])
+    assert ours[:, 2].eq(1).all() and lightnings[:, 2].eq(0).all()  # only ours ignores SIGTERM
 
 
 def test_seeded_order_resumes_mid_epoch():

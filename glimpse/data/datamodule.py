@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Sampler
 
 from glimpse.data.multiset_mnist import MultisetMNIST
@@ -50,6 +54,18 @@ class SeededOrder(Sampler[int]):
         return self.size
 
 
+def worker_init(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGTERM. ``timeout``, ``kill -- -PGID`` and SLURM's scancel
+    signal every process of a job; a worker that died first would end the run with "DataLoader
+    worker killed" before :class:`glimpse.reliability.LastCheckpoint` in the main process saves
+    and exits 143. The worker still ends with the main process (PyTorch's watchdog). Then
+    Lightning's worker seeding, which ``seed_everything(workers=True)`` adds to a loader
+    without a ``worker_init_fn``."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
+
+
 def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """A DataLoader; shuffled, its order is :class:`SeededOrder` of ``seed`` (the global RNG is not used)."""
     for key, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
@@ -61,7 +77,8 @@ def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_worker
     sampler = SeededOrder(len(dataset), seed, persistent) if shuffle else None
     generator = torch.Generator().manual_seed(seed) if shuffle else None  # the workers' base seed only
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=persistent)
+                      pin_memory=pin_memory, persistent_workers=persistent,
+                      worker_init_fn=worker_init if num_workers > 0 else None)
 
 
 class ResumableOrder:
