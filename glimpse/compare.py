@@ -121,10 +121,37 @@ def max_time(minutes: float) -> str:
     return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def run_settings(cfg: CompareConfig, objective: str, seed: int) -> dict:
+    """What makes two runs the same run: recorded in ``run.json`` and checked before one is read back."""
+    return {"objective": objective, "seed": seed, "data": cfg.data, "budget": cfg.budget,
+            "budget_minutes": float(cfg.budget_minutes), "threads": cfg.threads, "overrides": list(map(str, cfg.overrides))}
+
+
+def check_runs_dir(cfg: CompareConfig, runs_dir: Path) -> None:
+    """Before anything runs: a run already in ``runs_dir`` must have this comparison's settings,
+    or reading it back (or resuming it) would put another budget's numbers in the table."""
+    for objective in cfg.objectives:
+        for seed in cfg.seeds:
+            record = runs_dir / objective / f"seed_{seed}" / "run.json"
+            if not record.is_file():
+                continue
+            try:
+                recorded = json.loads(record.read_text()).get("settings")
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{record} is not readable JSON ({err}); move it away or give another runs_dir")
+            wanted = run_settings(cfg, objective, seed)
+            if recorded is not None and recorded != wanted:
+                diff = ", ".join(f"{k}={recorded.get(k)!r} there, {wanted[k]!r} here" for k in wanted
+                                 if recorded.get(k) != wanted[k])
+                raise ConfigError(f"runs_dir={runs_dir} already holds {objective} seed {seed} with other settings "
+                                  f"({diff}); give another runs_dir, or the same settings to read it back or resume it")
+
+
 def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dict:
     """Train and test one (objective, seed) in a subprocess; its metrics, wall time and return code.
 
-    A run already finished in ``run_dir`` (``run.json`` and ``metrics.json``) is read back instead."""
+    A run already finished in ``run_dir`` (``run.json`` and ``metrics.json``) is read back instead;
+    one that was stopped with a ``last.ckpt`` resumes from it (its CPU budget continues)."""
     record, metrics_path = run_dir / "run.json", run_dir / "metrics.json"
     if record.is_file() and metrics_path.is_file():
         done = json.loads(record.read_text())
@@ -137,13 +164,17 @@ def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dic
                   "data.num_workers=0"]  # the data's work is counted in the same process
     else:
         budget = [f"trainer.max_time='{max_time(cfg.budget_minutes)}'"]
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     overrides = [
         f"objective={objective}", f"seed={seed}", f"data={cfg.data}", f"logger={cfg.logger}",
         f"paths.output_dir={run_dir}", *budget,
         "trainer.max_epochs=-1",  # the budget stops training
         "model.scheduler=constant",  # a cosine schedule needs a known number of steps
-        "test=true", *map(str, cfg.overrides),
+        "test=true", *(["ckpt_path=last"] if resume else []), *map(str, cfg.overrides),
     ]
+    settings = run_settings(cfg, objective, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"settings": settings, "returncode": None}, indent=1))  # claimed, not finished
     threads = str(cfg.threads)
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": threads,
            "MKL_NUM_THREADS": threads}
@@ -154,12 +185,11 @@ def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dic
                           text=True, timeout=timeout)
     wall = time.perf_counter() - start
     metrics = json.loads(metrics_path.read_text()) if proc.returncode == 0 and metrics_path.is_file() else {}
+    result = {"wall_time": wall, "returncode": proc.returncode, "commit": code_version(), "resumed": resume}
     if not metrics:
         print(f"  {objective} seed {seed} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}", file=sys.stderr)
-    else:
-        record.write_text(json.dumps({"wall_time": wall, "returncode": proc.returncode, "commit": code_version()}))
-    return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": proc.returncode,
-            "commit": code_version()}
+    record.write_text(json.dumps({"settings": settings, **result}, indent=1))
+    return {"objective": objective, "seed": seed, "metrics": metrics, **result}
 
 
 def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
@@ -217,6 +247,22 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
     return "\n".join(lines) + "\n"
 
 
+def put_section(text: str, section: str) -> str:
+    """``section`` in place of the section with the same heading, from the heading to the end of
+    its table (a resumed comparison updates its table; notes written below it stay), else at the end."""
+    heading = section.split("\n", 1)[0]
+    lines = text.rstrip("\n").split("\n")
+    if heading not in lines:
+        return text.rstrip("\n") + "\n\n" + section
+    start = lines.index(heading)
+    end = start + 1
+    while end < len(lines) and not lines[end].startswith("|") and not lines[end].startswith("## "):
+        end += 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:start] + section.rstrip("\n").split("\n") + lines[end:]) + "\n"
+
+
 def code_line(rows: list[dict]) -> str:
     """Which commit trained the runs; a table resumed across code changes says so, per objective."""
     commits = sorted({c for row in rows for c in row.get("commits", [])})
@@ -253,6 +299,7 @@ def compare(cfg: CompareConfig, command: str) -> list[dict]:
               f"{run['wall_time']:.0f} s{' (read back from an earlier run)' if run.get('reused') else ''}", flush=True)
         return run
 
+    check_runs_dir(cfg, runs_dir)
     print(f"{len(cfg.objectives) * len(cfg.seeds)} runs of {cfg.budget_minutes:g} {cfg.budget} min, {cfg.jobs} at once, "
           f"under {runs_dir}", flush=True)
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
@@ -262,7 +309,7 @@ def compare(cfg: CompareConfig, command: str) -> list[dict]:
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if cfg.append and output.is_file():
-        output.write_text(output.read_text().rstrip("\n") + "\n\n" + section)
+        output.write_text(put_section(output.read_text(), section))
     else:
         output.write_text("# Objectives compared\n\n" + section)
     print(section)

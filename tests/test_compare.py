@@ -92,3 +92,57 @@ def test_compare_two_objectives_two_seeds_on_a_tiny_budget(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == 2 and all(line.endswith("| 2/2 |") and " ± " in line for line in rows)
     assert list((tmp_path / "runs" / "wandb").glob("offline-run-*")), "logger=wandb keeps the table in an offline run"
+
+
+def test_a_rerun_comparison_updates_its_table_in_place_and_keeps_the_notes_below(tmp_path):
+    from glimpse.compare import put_section
+
+    text = ("# Objectives compared\n\n## data=a, 5 CPU min per run\n\n- command: old\n\n| objective | F1 |\n|---|---:|\n"
+            "| `multiset` | 0.1 |\n\nNotes on the old table.\n\n## data=b, 5 CPU min per run\n\n| `x` | 1 |\n")
+    new = "## data=a, 5 CPU min per run\n\n- command: new\n\n| objective | F1 |\n|---|---:|\n| `multiset` | 0.9 |\n"
+    updated = put_section(text, new)
+    assert updated == text.replace("- command: old", "- command: new").replace("0.1", "0.9")
+    other = "## data=c, 5 CPU min per run\n\n| `y` | 2 |\n"
+    assert put_section(text, other) == text + "\n" + other
+
+
+def test_a_runs_dir_with_other_settings_is_refused_before_anything_runs(tmp_path):
+    from glimpse.compare import run_settings
+
+    runs = tmp_path / "runs"
+    seed_dir = runs / "multiset" / "seed_0"
+    seed_dir.mkdir(parents=True)
+    cfg = CompareConfig(objectives=["multiset"], seeds=[0], budget_minutes=6)
+    (seed_dir / "run.json").write_text(json.dumps({"settings": run_settings(cfg, "multiset", 0), "returncode": 0,
+                                                          "wall_time": 400.0, "commit": "abc1234"}))
+    (seed_dir / "metrics.json").write_text(json.dumps({"test/multiset/f1": 0.5}))
+    out = tmp_path / "table.md"
+    with pytest.raises(SystemExit) as exit_:  # the same runs_dir with a 5-minute budget
+        compare_main(["objectives=[multiset]", "seeds=[0]", "budget_minutes=5", f"output={out}", f"runs_dir={runs}"])
+    assert exit_.value.code == 2 and not out.exists()
+    # the same settings: the finished run is read back (nothing trains) and the table is written
+    assert compare_main(["objectives=[multiset]", "seeds=[0]", "budget_minutes=6", f"output={out}", f"runs_dir={runs}"]) == 0
+    assert "| `multiset` | — | — | — | 0.500 | — | 400.0 | 1/1 |" in out.read_text()
+
+
+def test_a_stopped_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    import glimpse.compare as compare_module
+
+    run_dir = tmp_path / "multiset" / "seed_0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    seen, real_run = {}, subprocess.run
+
+    def fake_train(argv, **kwargs):
+        if not str(argv[1]).endswith("train.py"):
+            return real_run(argv, **kwargs)  # git, for the commit
+        seen["argv"] = argv
+        (run_dir / "metrics.json").write_text(json.dumps({"test/multiset/f1": 0.25}))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(compare_module.subprocess, "run", fake_train)
+    cfg = CompareConfig(objectives=["multiset"], seeds=[0])
+    result = compare_module.run_one(cfg, "multiset", 0, run_dir)
+    assert "ckpt_path=last" in seen["argv"] and result["resumed"] and result["metrics"]["test/multiset/f1"] == 0.25
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["returncode"] == 0 and record["settings"]["budget_minutes"] == 10.0
