@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import pickle
 import platform
 import shlex
 import statistics
@@ -44,6 +45,8 @@ COLUMNS = (
     ("F1", "test/multiset/f1"),
     ("glimpse hit rate", "test/localisation/glimpse_hit_rate"),
 )
+
+EXTRA = ["steps", "wall time (s)"]  # optimiser steps the budget bought (from last.ckpt), the whole run's wall time
 
 
 @dataclass
@@ -147,6 +150,17 @@ def check_runs_dir(cfg: CompareConfig, runs_dir: Path) -> None:
                                   f"({diff}); give another runs_dir, or the same settings to read it back or resume it")
 
 
+def steps_reached(run_dir: Path) -> float:
+    """The optimiser steps a run took (its ``last.ckpt``), NaN without one."""
+    import torch
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        return float(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
+    except (OSError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError):  # none, or not a checkpoint
+        return float("nan")
+
+
 def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dict:
     """Train and test one (objective, seed) in a subprocess; its metrics, wall time and return code.
 
@@ -185,7 +199,8 @@ def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dic
                           text=True, timeout=timeout)
     wall = time.perf_counter() - start
     metrics = json.loads(metrics_path.read_text()) if proc.returncode == 0 and metrics_path.is_file() else {}
-    result = {"wall_time": wall, "returncode": proc.returncode, "commit": code_version(), "resumed": resume}
+    result = {"wall_time": wall, "returncode": proc.returncode, "commit": code_version(), "resumed": resume,
+              "steps": steps_reached(run_dir)}
     if not metrics:
         print(f"  {objective} seed {seed} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}", file=sys.stderr)
     record.write_text(json.dumps({"settings": settings, **result}, indent=1))
@@ -200,6 +215,7 @@ def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
         row = {"objective": objective, "runs": len(done), "seeds": len([r for r in runs if r["objective"] == objective]),
                "commits": sorted({r.get("commit", "unknown") for r in done})}
         columns = [(name, [r["metrics"].get(key, float("nan")) for r in done]) for name, key in COLUMNS]
+        columns.append(("steps", [r.get("steps", float("nan")) for r in done]))
         columns.append(("wall time (s)", [r["wall_time"] for r in done]))
         for name, values in columns:
             values = [v for v in values if math.isfinite(v)]  # NaN: nothing to score (e.g. no right label to hit)
@@ -217,7 +233,7 @@ def fmt(mean: float, spread: float, digits: int) -> str:
 
 def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path) -> str:
     """One section: what ran, on which machine, and the table."""
-    names = [name for name, _ in COLUMNS] + ["wall time (s)"]
+    names = [name for name, _ in COLUMNS] + EXTRA
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cpu = " ".join(filter(None, (platform.machine(), platform.processor())))
     machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
@@ -236,13 +252,13 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
         f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",
         code_line(rows),
         "- mean ± standard deviation over the seeds (test split; a run with nothing to score, NaN, is left out of "
-        "that column); wall time is the whole run (start-up, fit, test)",
+        "that column); steps: the optimiser steps the budget bought; wall time is the whole run (start-up, fit, test)",
         "",
         "| objective | " + " | ".join(names) + " | runs |",
         "|---|" + "---:|" * (len(names) + 1),
     ]
     for row in rows:
-        cells = [fmt(*row[name], 1 if name.startswith("wall") else 3) for name in names]
+        cells = [fmt(*row[name], {"steps": 0, "wall time (s)": 1}.get(name, 3)) for name in names]
         lines.append(f"| `{row['objective']}` | " + " | ".join(cells) + f" | {row['runs']}/{row['seeds']} |")
     return "\n".join(lines) + "\n"
 
@@ -281,7 +297,7 @@ def log_wandb_table(cfg: CompareConfig, rows: list[dict], runs_dir: Path) -> Non
     logger = wandb_logger(save_dir=str(runs_dir), name=f"compare-{cfg.data}", tags=["compare"])
     if not isinstance(logger, WandbLogger):
         return  # W&B could not start: the markdown table is the record
-    names = [name for name, _ in COLUMNS] + ["wall time (s)"]
+    names = [name for name, _ in COLUMNS] + EXTRA
     columns = ["objective"] + [c for name in names for c in (name, f"{name} std")] + ["runs"]
     data = [[row["objective"]] + [v for name in names for v in row[name]] + [row["runs"]] for row in rows]
     logger.log_table(key="objectives", columns=columns, data=data)

@@ -25,7 +25,7 @@ def fake_run(objective, seed, f1, hit, wall, failed=False, commit="abc1234"):
     metrics = {} if failed else {"test/multiset/exact_match": f1 / 2, "test/multiset/precision": f1, "test/multiset/recall": f1,
                                  "test/multiset/f1": f1, "test/localisation/glimpse_hit_rate": hit}
     return {"objective": objective, "seed": seed, "metrics": metrics, "wall_time": wall, "returncode": 1 if failed else 0,
-            "commit": commit}
+            "commit": commit, "steps": round(wall * 10)}
 
 
 def test_table_is_the_mean_and_spread_over_seeds(tmp_path):
@@ -37,9 +37,9 @@ def test_table_is_the_mean_and_spread_over_seeds(tmp_path):
     assert math.isclose(mean, 0.85) and math.isclose(std, math.sqrt(0.005))  # sample std of 0.8, 0.9
     assert rows[0]["wall time (s)"][0] == 105.0 and rows[1]["runs"] == 1 and rows[1]["seeds"] == 2
     text = markdown(CompareConfig(note="smoke budget"), rows, "python -m glimpse.compare", tmp_path)
-    assert "| `multiset` | 0.425 ± 0.035 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.600 ± 0.141 | 105.0 ± 7.1 | 2/2 |" in text
-    assert "| `reinforce` | 0.100 | 0.200 | 0.200 | 0.200 | 0.100 | 90.0 | 1/2 |" in text  # one seed: no spread
-    assert "| `sequence_area` | 0.000 | 0.000 | 0.000 | 0.000 | — | 80.0 | 1/1 |" in text
+    assert "| `multiset` | 0.425 ± 0.035 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.600 ± 0.141 | 1050 ± 71 | 105.0 ± 7.1 | 2/2 |" in text
+    assert "| `reinforce` | 0.100 | 0.200 | 0.200 | 0.200 | 0.100 | 900 | 90.0 | 1/2 |" in text  # one seed: no spread
+    assert "| `sequence_area` | 0.000 | 0.000 | 0.000 | 0.000 | — | 800 | 80.0 | 1/1 |" in text
     assert "smoke budget" in text and "CPU cores" in text and "- code: commit `abc1234`" in text
     # a comparison resumed after the code changed says which runs came from which commit
     mixed = summarise([fake_run("multiset", 0, 0.8, 0.5, 100.0), fake_run("multiset", 1, 0.9, 0.7, 110.0, commit="def5678")],
@@ -87,6 +87,8 @@ def test_compare_two_objectives_two_seeds_on_a_tiny_budget(tmp_path):
         for seed in (0, 1):
             metrics = json.loads((tmp_path / "runs" / objective / f"seed_{seed}" / "metrics.json").read_text())
             assert 0.0 <= metrics["test/multiset/f1"] <= 1.0
+            record = json.loads((tmp_path / "runs" / objective / f"seed_{seed}" / "run.json").read_text())
+            assert record["steps"] >= 1 and record["settings"]["budget_minutes"] == 0.04
     text = out.read_text()
     assert text.startswith("# Objectives compared") and "smoke budget: not a result" in text
     rows = [line for line in text.splitlines() if line.startswith("| `")]
@@ -122,7 +124,7 @@ def test_a_runs_dir_with_other_settings_is_refused_before_anything_runs(tmp_path
     assert exit_.value.code == 2 and not out.exists()
     # the same settings: the finished run is read back (nothing trains) and the table is written
     assert compare_main(["objectives=[multiset]", "seeds=[0]", "budget_minutes=6", f"output={out}", f"runs_dir={runs}"]) == 0
-    assert "| `multiset` | — | — | — | 0.500 | — | 400.0 | 1/1 |" in out.read_text()
+    assert "| `multiset` | — | — | — | 0.500 | — | — | 400.0 | 1/1 |" in out.read_text()
 
 
 def test_a_stopped_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
@@ -144,5 +146,6 @@ def test_a_stopped_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     cfg = CompareConfig(objectives=["multiset"], seeds=[0])
     result = compare_module.run_one(cfg, "multiset", 0, run_dir)
     assert "ckpt_path=last" in seen["argv"] and result["resumed"] and result["metrics"]["test/multiset/f1"] == 0.25
+    assert math.isnan(result["steps"])  # the empty file stands for a checkpoint; a real one gives its global step
     record = json.loads((run_dir / "run.json").read_text())
     assert record["returncode"] == 0 and record["settings"]["budget_minutes"] == 10.0
