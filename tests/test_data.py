@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,20 +195,46 @@ def test_bad_configs_name_the_parameter(config, parameter):
         MultisetMNIST(**config)
 
 
-@pytest.mark.parametrize("config, digest", [
-    ({}, "7dd6e4ec734fea0a"),
-    ({"clutter": 20, "clutter_size": 8, "repeat_labels": False}, "c3bcbd073a51d7bf"),
-])
-def test_canvases_are_the_ones_of_the_per_item_composer(config, digest):
-    # digests of items 0, 7, 123, 999 as the per-item composer (before the batched one) drew them
+DIGEST_CONFIGS = [({}, "53a572ed4ba56fed"), ({"clutter": 20, "clutter_size": 8, "repeat_labels": False}, "7310274b9d96c245")]
+
+
+def canvas_digest(config: dict) -> str:
+    """sha256 of items 0, 7, 123 and 999 (every field) of a 1,000-canvas split."""
     import hashlib
 
-    dataset = MultisetMNIST(size=1000, **config)
     h = hashlib.sha256()
-    for item in dataset.__getitems__([0, 7, 123, 999]):
+    for item in MultisetMNIST(size=1000, **config).__getitems__([0, 7, 123, 999]):
         for key in ("image", "counts", "labels", "boxes", "num_objects", "index"):
             h.update(item[key].numpy().tobytes())
-    assert h.hexdigest()[:16] == digest
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("config, digest", DIGEST_CONFIGS)
+def test_canvases_are_pinned(config, digest):
+    # the canvases of a seed are fixed: a change here changes every dataset and every result
+    assert canvas_digest(config) == digest
+
+
+def test_canvases_are_the_same_whatever_blas_kernel_the_cpu_selects():
+    """OpenBLAS picks its kernel by CPU; forcing others must not change a canvas (float32
+    products with truncation gave other canvases on AVX-512 than on AVX2 or SSE3 machines)."""
+    import subprocess
+    import sys
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    # kernels this CPU can run; with the old products SSE3, AVX2 and AVX-512 each gave other canvases
+    cores = ["Prescott"] + (["Haswell"] if " avx2" in flags else ["Sandybridge"]) + (
+        ["SkylakeX"] if " avx512f" in flags else [])
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_data import canvas_digest, DIGEST_CONFIGS; "
+              "print(json.dumps([canvas_digest(c) for c, _ in DIGEST_CONFIGS]))")
+    seen = {}
+    for core in cores:
+        env = {**os.environ, "OPENBLAS_CORETYPE": core, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], env=env, capture_output=True,
+                              text=True, timeout=300, check=True)
+        seen[core] = proc.stdout.strip().splitlines()[-1]
+    assert len(set(seen.values())) == 1, seen
+    assert seen[cores[0]] == json.dumps([digest for _, digest in DIGEST_CONFIGS])
 
 
 def test_an_item_is_the_same_in_any_batch_and_the_loader_uses_the_batched_fetch(monkeypatch):

@@ -85,9 +85,9 @@ class MultisetMNIST(Dataset):
         self._class_count = np.bincount(self.digit_labels, minlength=num_classes)
         self._class_start = np.concatenate([[0], np.cumsum(self._class_count)[:-1]])
         self._classes_present = np.flatnonzero(self._class_count)
-        self._digit_floats = self.digit_images.astype(np.float32)  # resized as float, once converted
+        self._digit_floats = self.digit_images.astype(np.float64)  # resized as float, once converted
         # [max_digit_size + 1, max_digit_size, 28]: row s holds size s's weights, zero-padded
-        self._padded_weights = np.zeros((max_digit_size + 1, max_digit_size, DIGIT_SIZE), dtype=np.float32)
+        self._padded_weights = np.zeros((max_digit_size + 1, max_digit_size, DIGIT_SIZE), dtype=np.float64)
         for size in range(min_digit_size, max_digit_size + 1):
             self._padded_weights[size, :size] = bilinear_weights(DIGIT_SIZE, size)
         if not repeat_labels and max_digits > len(self._classes_present):  # a pool missing classes
@@ -153,7 +153,7 @@ class MultisetMNIST(Dataset):
         # All digits resized in one stacked product, each by its size's weights zero-padded to the
         # largest size: digit d is the top-left sizes[d] x sizes[d] block of resized[d], zeros elsewhere.
         weights = self._padded_weights[sizes]  # [D, S, 28]
-        resized = (weights @ self._digit_floats[digit_ids] @ weights.transpose(0, 2, 1) + 0.5).astype(np.uint8)
+        resized = round_pixels(weights @ self._digit_floats[digit_ids] @ weights.transpose(0, 2, 1))
         rows_any, cols_any = resized.any(axis=2), resized.any(axis=1)  # [D, S]
         last = resized.shape[1]
         tight = np.stack([lefts + cols_any.argmax(1), tops + rows_any.argmax(1),
@@ -268,6 +268,19 @@ class MultisetMNIST(Dataset):
         canvas[item, rows, cols] = pieces
 
 
+# A resized pixel is often exactly halfway between two grey levels (e.g. the mean of two pixels of
+# odd sum). The matrix product's rounding error, and so which way such a tie goes, depends on the
+# BLAS kernel the CPU selects (AVX-512 against AVX2 gave other canvases for the same seed); a
+# margin far above float64's error and far below the distance between distinct exact values
+# makes every tie round up on every CPU.
+TIE_MARGIN = 1e-6
+
+
+def round_pixels(values: np.ndarray) -> np.ndarray:
+    """Float pixel values (float64) to uint8, halves up, the same on every CPU."""
+    return np.floor(values + (0.5 + TIE_MARGIN)).astype(np.uint8)
+
+
 def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     """Row-stochastic [out_size, in_size] matrix of bilinear (triangle) resampling weights.
 
@@ -279,4 +292,4 @@ def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     centres = (np.arange(out_size) + 0.5) * scale  # output pixel centres in input coordinates
     distance = np.arange(in_size)[None, :] + 0.5 - centres[:, None]  # [out, in]
     weights = np.clip(1.0 - np.abs(distance) / radius, 0.0, None)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    return weights / weights.sum(axis=1, keepdims=True)
