@@ -46,7 +46,9 @@ COLUMNS = (
     ("glimpse hit rate", "test/localisation/glimpse_hit_rate"),
 )
 
-EXTRA = ["steps", "wall time (s)"]  # optimiser steps the budget bought (from last.ckpt), the whole run's wall time
+# columns from each run's record: (name, key, decimals); the optimiser steps the budget bought
+# (from last.ckpt) and the whole run's wall time
+EXTRA = (("steps", "steps", 0), ("wall time (s)", "wall_time", 1))
 
 
 @dataclass
@@ -215,8 +217,7 @@ def summarise(runs: list[dict], objectives: list[str]) -> list[dict]:
         row = {"objective": objective, "runs": len(done), "seeds": len([r for r in runs if r["objective"] == objective]),
                "commits": sorted({r.get("commit", "unknown") for r in done})}
         columns = [(name, [r["metrics"].get(key, float("nan")) for r in done]) for name, key in COLUMNS]
-        columns.append(("steps", [r.get("steps", float("nan")) for r in done]))
-        columns.append(("wall time (s)", [r["wall_time"] for r in done]))
+        columns += [(name, [r.get(key, float("nan")) for r in done]) for name, key, _ in EXTRA]
         for name, values in columns:
             values = [v for v in values if math.isfinite(v)]  # NaN: nothing to score (e.g. no right label to hit)
             row[name] = (statistics.fmean(values) if values else float("nan"),
@@ -233,7 +234,7 @@ def fmt(mean: float, spread: float, digits: int) -> str:
 
 def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path) -> str:
     """One section: what ran, on which machine, and the table."""
-    names = [name for name, _ in COLUMNS] + EXTRA
+    names = [name for name, _ in COLUMNS] + [name for name, _, _ in EXTRA]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cpu = " ".join(filter(None, (platform.machine(), platform.processor())))
     machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
@@ -257,8 +258,9 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
         "| objective | " + " | ".join(names) + " | runs |",
         "|---|" + "---:|" * (len(names) + 1),
     ]
+    decimals = {name: digits for name, _, digits in EXTRA}
     for row in rows:
-        cells = [fmt(*row[name], {"steps": 0, "wall time (s)": 1}.get(name, 3)) for name in names]
+        cells = [fmt(*row[name], decimals.get(name, 3)) for name in names]
         lines.append(f"| `{row['objective']}` | " + " | ".join(cells) + f" | {row['runs']}/{row['seeds']} |")
     return "\n".join(lines) + "\n"
 
@@ -297,7 +299,7 @@ def log_wandb_table(cfg: CompareConfig, rows: list[dict], runs_dir: Path) -> Non
     logger = wandb_logger(save_dir=str(runs_dir), name=f"compare-{cfg.data}", tags=["compare"])
     if not isinstance(logger, WandbLogger):
         return  # W&B could not start: the markdown table is the record
-    names = [name for name, _ in COLUMNS] + EXTRA
+    names = [name for name, _ in COLUMNS] + [name for name, _, _ in EXTRA]
     columns = ["objective"] + [c for name in names for c in (name, f"{name} std")] + ["runs"]
     data = [[row["objective"]] + [v for name in names for v in row[name]] + [row["runs"]] for row in rows]
     logger.log_table(key="objectives", columns=columns, data=data)
