@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from glimpse.evaluation.heatmap_eval import resolve_methods
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.evaluation.stability import collect_maps, stability
+from glimpse.heatmaps.registry import resolve_methods
 from glimpse.module import load_checkpoint
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 

@@ -1,4 +1,4 @@
-"""Milliseconds per (image, class) map: glimpse.attribution against pytorch-grad-cam, captum and
+"""Milliseconds per (image, class) map: glimpse.heatmaps against pytorch-grad-cam, captum and
 torch-cam, in one run on the same model and batch, beside the limit (one forward pass plus
 the batched vector-Jacobian products alone). The last column, library / limit, is the most
 any exact implementation could gain over each library on this model and batch.
@@ -22,8 +22,9 @@ import time
 import torch
 from torch import nn
 
-from glimpse.attribution.episode import attribute_episode, default_layer, emitted_label_targets, replay_logits
-from glimpse.attribution.methods import attribute, batched_vjp, find_layer, graph_from_layer
+from glimpse.heatmaps.gradients import attribute, batched_vjp, find_layer, graph_from_layer
+from glimpse.heatmaps.replay import attribute_episode, default_layer, replay_logits
+from glimpse.heatmaps.targets import emitted_label_targets
 
 OURS = {"gradcam": "gradcam", "gradcam++": "gradcam_plus_plus", "gradient": "gradient", "IG": "integrated_gradients"}
 

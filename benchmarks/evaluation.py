@@ -79,7 +79,7 @@ def main() -> None:
 
 def time_parts() -> Counter:
     """Wrap the heatmap metrics' parts with timers; returns the seconds each has taken so far."""
-    from glimpse.evaluation import heatmap_eval, heatmaps
+    from glimpse.heatmaps import evaluation, registry, scores
 
     spent: Counter = Counter()
 
@@ -95,10 +95,10 @@ def time_parts() -> Counter:
 
         setattr(owner, name, wrapper)
 
-    timed(heatmap_eval.AttributionMethods, "maps", "attribution maps")
-    timed(heatmaps, "perturbation_endpoints", "endpoints")
-    timed(heatmaps, "perturbation_auc", "deletion/insertion")
-    timed(heatmap_eval.HeatmapEvaluation, "update", "heatmap metrics in all")
+    timed(registry.AttributionMethods, "maps", "attribution maps")
+    timed(scores, "perturbation_endpoints", "endpoints")
+    timed(scores, "perturbation_auc", "deletion/insertion")
+    timed(evaluation.HeatmapEvaluation, "update", "heatmap metrics in all")
     return spent
 
 

@@ -31,8 +31,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from glimpse.evaluation.heatmap_eval import resolve_methods, right_label_targets
-    from glimpse.explain.methods import explainer_method, igos_method
+    from glimpse.heatmaps.registry import explainer_method, igos_method, resolve_methods
+    from glimpse.heatmaps.targets import right_label_targets
     from glimpse.module import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,8 +56,8 @@ def main() -> None:
     methods = {
         "explainer": explainer_method(args.explainer_ckpt),
         f"igos (iterations={igos_settings['iterations']}, ig_steps={igos_settings['ig_steps']})": igos_method(**igos_settings),
-        # glimpse.attribution's Integrated Gradients, as evaluate.py calls it (its default steps)
-        "integrated gradients (glimpse.attribution)": resolve_methods(["integrated_gradients"])["integrated_gradients"],
+        # glimpse.heatmaps' Integrated Gradients, as evaluate.py calls it (its default steps)
+        "integrated gradients (glimpse.heatmaps)": resolve_methods(["integrated_gradients"])["integrated_gradients"],
     }
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")

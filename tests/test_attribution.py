@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from glimpse.attribution.episode import attribute_episode, default_layer, emitted_label_targets, replay_logits
-from glimpse.attribution.methods import METHODS, NO_TARGET, attribute
+from glimpse.heatmaps.gradients import METHODS, attribute
+from glimpse.heatmaps.replay import attribute_episode, default_layer, replay_logits
+from glimpse.heatmaps.targets import NO_TARGET, emitted_label_targets
 from glimpse.models.backbone import ConvBackbone
 from glimpse.models.policy import GlimpsePolicy
 
@@ -191,7 +192,7 @@ def test_episode_maps_equal_one_target_at_a_time(glimpse_case):
 def test_heatmap_registry_scores_attribution_methods(glimpse_case):
     """The evaluation registry's maps (one row per target, each step's targets in one call) are
     attribute_episode's (B, T) grid rows, CAMs upsampled with the cell geometry."""
-    from glimpse.evaluation.heatmap_eval import resolve_methods
+    from glimpse.heatmaps.registry import resolve_methods
     from glimpse.models.attention import upsample_cells
 
     policy, images, episode = glimpse_case

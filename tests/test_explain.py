@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import run
 
-from glimpse.explain import masks as losses
-from glimpse.explain.igos import igos_maps
+from glimpse.heatmaps import masks as losses
+from glimpse.heatmaps.igos import igos_maps
 
 
 # -- mask losses on hand-worked cases ---------------------------------------------------------------
@@ -101,7 +101,7 @@ def glimpse_ckpt(tmp_path_factory):
 
 
 def test_explainer_training_leaves_the_glimpse_model_bit_identical(glimpse_ckpt):
-    from glimpse.explain.explainer import ExplainerModule
+    from glimpse.heatmaps.explainer import ExplainerModule
     from glimpse.module import load_checkpoint
 
     before = {k: v.clone() for k, v in load_checkpoint(str(glimpse_ckpt)).state_dict().items()}
@@ -155,7 +155,7 @@ def test_explainer_experiment_trains_and_evaluate_scores_it_and_compares_checkpo
 
 
 def test_explainer_bad_input_is_a_clear_error(glimpse_ckpt, tmp_path):
-    from glimpse.evaluation.heatmap_eval import resolve_methods
+    from glimpse.heatmaps.registry import resolve_methods
 
     proc = run("train.py", "experiment=explainer", "logger=none", f"paths.output_dir={tmp_path / 'a'}", check=False)
     assert proc.returncode == 2 and "ckpt_path=GLIMPSE_CKPT" in proc.stderr and "Traceback" not in proc.stderr

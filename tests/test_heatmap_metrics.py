@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from glimpse.evaluation.heatmaps import (
+from glimpse.heatmaps.scores import (
     blur, energy_pointing_game, per_class_mean, perturbation_auc, pointing_game, pointing_tolerance,
 )
 
@@ -93,7 +93,8 @@ def test_deletion_and_insertion_score_each_distinct_image_once_and_equal_scoring
 def test_replay_score_stops_early_and_equals_the_full_replay():
     from types import SimpleNamespace
 
-    from glimpse.evaluation.heatmap_eval import replay_score, right_label_targets
+    from glimpse.heatmaps.replay import replay_score
+    from glimpse.heatmaps.targets import right_label_targets
     from glimpse.models.backbone import ConvBackbone
     from glimpse.models.policy import GlimpsePolicy
 

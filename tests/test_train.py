@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from glimpse.attribution.methods import METHODS
+from glimpse.heatmaps.gradients import METHODS
 
 from conftest import TINY, run
 

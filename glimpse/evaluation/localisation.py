@@ -27,7 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from glimpse import multiset
-from glimpse.evaluation.heatmaps import box_masks
+from glimpse.heatmaps.scores import box_masks
 from glimpse.models.attention import cell_centres, cell_geometry
 
 KEYS = ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box")

@@ -6,10 +6,10 @@ from pathlib import Path
 import torch
 
 from glimpse import multiset
-from glimpse.attribution.render import render_episodes
-from glimpse.evaluation.heatmap_eval import HeatmapEvaluation
 from glimpse.evaluation.localisation import localisation_scores
 from glimpse.evaluation.metrics import bootstrap_interval
+from glimpse.heatmaps.evaluation import HeatmapEvaluation
+from glimpse.heatmaps.render import render_episodes
 
 
 @torch.no_grad()

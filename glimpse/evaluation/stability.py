@@ -19,7 +19,7 @@ import itertools
 import torch
 from torch import Tensor
 
-from glimpse.evaluation.heatmap_eval import right_label_targets
+from glimpse.heatmaps.targets import right_label_targets
 
 
 def average_ranks(values: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """How well a heatmap points at the objects: pointing game, energy, deletion and insertion.
 
-Definitions (REFERENCES.md):
+Definitions (docs/references.md):
 
 - Pointing game (Zhang et al. 2018): the map's maximum is a hit when a disc of
   ``tolerance`` pixels around it touches a ground-truth box of the target class (the

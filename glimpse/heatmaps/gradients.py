@@ -8,7 +8,7 @@ mode), so summing it over the batch and asking ``torch.autograd.grad`` for the M
 vector-Jacobian products at once (``is_grads_batched``) gives all ``B * M`` gradients
 without a Python loop over images or classes.
 
-Methods (formulas in shared/REFERENCES.md; ``g`` the gradient of the target logit ``z_c``):
+Methods (formulas in docs/references.md; ``g`` the gradient of the target logit ``z_c``):
 
 - ``gradient``: vanilla gradient (Simonyan et al. 2014), ``max_ch |dz_c/dx|``.
 - ``saliency_positive``, ``saliency_negative``, ``saliency_active``: sign-aware saliency
@@ -31,7 +31,7 @@ Methods (formulas in shared/REFERENCES.md; ``g`` the gradient of the target logi
   Riemann or Gauss-Legendre steps as in captum, all steps batched.
 
 Maps are raw (unnormalised, CAMs at the layer's resolution unless ``upsample``); display
-normalisation lives in :mod:`glimpse.attribution.render`.
+normalisation lives in :mod:`glimpse.heatmaps.render`.
 """
 from __future__ import annotations
 
@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from glimpse.heatmaps.targets import NO_TARGET
+
 INPUT_METHODS = ("gradient", "saliency_positive", "saliency_negative", "saliency_active", "integrated_gradients")
 LAYER_METHODS = ("gradcam", "gradcam_plus_plus", "global_guidance_map")
 METHODS = INPUT_METHODS[:4] + LAYER_METHODS + INPUT_METHODS[4:]
 IG_RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
-NO_TARGET = -1  # a target entry that asks for no map (padding, STOP): its map is zeros
 GRADCAM_PP_EPS = 1e-6  # pytorch-grad-cam's constant in the alpha denominator
 
 Forward = Callable[[Tensor], Tensor]

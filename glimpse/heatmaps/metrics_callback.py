@@ -11,7 +11,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from glimpse.evaluation.heatmap_eval import HeatmapEvaluation, resolve_methods
+from glimpse.heatmaps.evaluation import HeatmapEvaluation
+from glimpse.heatmaps.registry import resolve_methods
 
 
 def fixed_validation_batch(trainer: pl.Trainer, num_images: int) -> dict | None:

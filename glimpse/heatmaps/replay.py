@@ -8,13 +8,13 @@ emitted (before the softmax, STOP excluded from the classes).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from glimpse import multiset
-from glimpse.attribution.methods import NO_TARGET, attribute
+from glimpse.heatmaps.gradients import attribute
+from glimpse.heatmaps.targets import NO_TARGET, emitted_label_targets, label_probability
 from glimpse.models.attention import upsample_cells
 from glimpse.models.policy import Episode, GlimpsePolicy
 
@@ -38,15 +38,6 @@ def default_layer(model: nn.Module) -> str:
     if isinstance(features, nn.Sequential) and len(features):
         return f"{prefix}backbone.features.{len(features) - 1}"
     return f"{prefix}backbone"
-
-
-def emitted_label_targets(episode: Episode, num_classes: int | None = None) -> Tensor:
-    """``(B, T)`` the label emitted at each meta step; STOP and every step after it are
-    :data:`~glimpse.attribution.methods.NO_TARGET`."""
-    k = episode.label_logits.shape[-1] - 1 if num_classes is None else num_classes
-    empty = torch.zeros(episode.labels.shape[0], k, dtype=torch.long, device=episode.labels.device)
-    alive = multiset.rollout(empty, episode.labels, stop_ends=True)["alive"] & (episode.labels < k)
-    return torch.where(alive, episode.labels, torch.full_like(episode.labels, NO_TARGET))
 
 
 def replay(policy: GlimpsePolicy, actions: dict[str, Tensor], images: Tensor, image: Tensor, steps: int) -> Tensor:
@@ -81,6 +72,26 @@ def step_logits(model: nn.Module, actions: dict[str, Tensor], targets: Tensor, i
     return logits[torch.arange(len(targets), device=images.device), step]
 
 
+def target_probability(model, actions: dict[str, Tensor], targets: Tensor, images: Tensor) -> Tensor:
+    """Probability ``(n,)`` of each target's label at its step (:func:`step_logits`); differentiable."""
+    return label_probability(step_logits(model, actions, targets, images), targets)
+
+
+def replay_score(model, episode: Episode, targets: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score(images, rows)``: probability of each target's label at its step, actions replayed.
+
+    The rollout stops at the last step the rows need (later steps cannot change an earlier
+    label), so rows sorted by step cost fewer recurrent steps.
+    """
+    actions = episode.actions()
+
+    @torch.no_grad()
+    def score(images: Tensor, rows: Tensor) -> Tensor:
+        return target_probability(model, actions, targets[rows], images)
+
+    return score
+
+
 def attribute_targets(model: nn.Module, images: Tensor, methods: Sequence[str], episode: Episode, targets: Tensor,
                       layer: str | None = None, **kwargs) -> dict[str, Tensor]:
     """Raw maps ``{method: (N, h, w)}`` of targets ``(N, 3)`` rows (image, step, class): one
@@ -88,7 +99,7 @@ def attribute_targets(model: nn.Module, images: Tensor, methods: Sequence[str], 
 
     Unlike :func:`attribute_episode`'s ``(B, T)`` grid, each target is its own row, so a step
     without a target costs no backward pass (in a grid every column of every image is one).
-    Targets of the same step share one :func:`~glimpse.attribution.methods.attribute` call
+    Targets of the same step share one :func:`~glimpse.heatmaps.gradients.attribute` call
     whose replay stops at that step. Other keyword arguments go to ``attribute``.
     """
     policy, _ = policy_of(model)
@@ -127,7 +138,7 @@ def attribute_episode(
     classes per step (default :func:`emitted_label_targets`; NO_TARGET steps give zeros).
     layer: for the CAMs (default :func:`default_layer`). upsample: CAMs from cells to pixels
     with the backbone's cell geometry (:func:`~glimpse.models.attention.upsample_cells`).
-    Other keyword arguments go to :func:`~glimpse.attribution.methods.attribute`.
+    Other keyword arguments go to :func:`~glimpse.heatmaps.gradients.attribute`.
     """
     policy, _ = policy_of(model)
     if episode is None:

@@ -8,7 +8,7 @@ image is the multiset the model emitted (its greedy rollout, labels before the f
 one row (image, step, class) per emitted label. The class score of a masked image is the
 glimpse model's label logits at that step with the recorded glimpse actions replayed on the
 masked image (greedy rollout on the original image, replay on the masked one; see
-:func:`glimpse.attribution.episode.step_logits`), so the mask explains the label the
+:func:`glimpse.heatmaps.replay.step_logits`), so the mask explains the label the
 model gave at the place it looked. Losses per emitted label, with the class's mask ``m``:
 
 - classification: cross entropy of the emitted label on ``image * m``;
@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glimpse.attribution.episode import step_logits
-from glimpse.evaluation.heatmap_eval import emitted_targets, label_probability
-from glimpse.explain import masks as losses
+from glimpse.heatmaps import masks as losses
+from glimpse.heatmaps.replay import step_logits
+from glimpse.heatmaps.targets import emitted_targets, label_probability
+from glimpse.module import load_checkpoint
 
 LOSS_KEYS = ("classification", "entropy", "area", "absent", "tv")
 
@@ -75,8 +76,6 @@ class ExplainerModule(pl.LightningModule):
         data: dict | None = None,
     ) -> None:
         super().__init__()
-        from glimpse.module import load_checkpoint
-
         if not glimpse_ckpt:
             raise ValueError("explain.glimpse_ckpt is not set: give the glimpse checkpoint to explain as "
                              "`python train.py experiment=explainer ckpt_path=GLIMPSE_CKPT`")

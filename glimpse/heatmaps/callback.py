@@ -7,10 +7,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from glimpse.attribution.episode import attribute_episode
-from glimpse.attribution.methods import check_methods
-from glimpse.attribution.render import render_attribution_grid
-from glimpse.evaluation.callback import fixed_validation_batch, on_device
+from glimpse.heatmaps.gradients import check_methods
+from glimpse.heatmaps.metrics_callback import fixed_validation_batch, on_device
+from glimpse.heatmaps.render import render_attribution_grid
+from glimpse.heatmaps.replay import attribute_episode
 
 log = logging.getLogger("glimpse")
 
@@ -19,11 +19,11 @@ class HeatmapCallback(pl.Callback):
     """Every ``every_n_epochs`` validation epochs and at the end of fit, on rank 0, for the
     first ``num_images`` validation images (the same every time): one grid PNG per image in
     ``<output_dir>/<output_subdir>/epoch_XXX/`` (see
-    :func:`~glimpse.attribution.render.render_attribution_grid`), logged to W&B as
+    :func:`~glimpse.heatmaps.render.render_attribution_grid`), logged to W&B as
     ``heatmaps/image_i`` when a W&B logger is present.
 
     The greedy episode is recorded, then replayed for the attribution of each emitted label
-    (:func:`~glimpse.attribution.episode.attribute_episode`): gradients re-enabled inside
+    (:func:`~glimpse.heatmaps.replay.attribute_episode`): gradients re-enabled inside
     validation's inference mode, the model's train/eval state and the RNG state restored,
     no parameter's ``.grad`` touched, so training goes on exactly as without the callback.
     """

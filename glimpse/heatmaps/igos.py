@@ -8,7 +8,7 @@ mix the image with a blurred baseline ``B`` (torchvision ``gaussian_blur``): ``B
   ``B + m_d (I - B)`` is pushed down, with L1 on ``1 - m_d`` (delete little);
 - insertion mask ``m_i`` (starts at 0, show nothing): the score on ``B + m_i (I - B)`` is
   pushed up, with L1 on ``m_i`` (insert little);
-- both masks pay a bilateral total variation (glimpse/explain/masks.py).
+- both masks pay a bilateral total variation (glimpse/heatmaps/masks.py).
 
 The descent direction of the score terms is the integrated gradient: the score is averaged
 over ``ig_steps`` masks on the straight path from "nothing changed" to the current mask
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from glimpse.explain import masks as losses
+from glimpse.heatmaps import masks as losses
 
 Score = Callable[[Tensor, Tensor], Tensor]  # (images (n, C, H, W), rows (n,)) -> target probability (n,)
 

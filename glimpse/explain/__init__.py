@@ -1,1 +1,0 @@
-"""Explanations beyond gradients: a trained Explainer, iGOS++ masks (issue 9)."""
