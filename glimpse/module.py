@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from glimpse import multiset
-from glimpse.evaluation.localisation import LocalisationSuite
-from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.localisation import LocalisationSuite
+from glimpse.metrics import MultisetMetrics
 from glimpse.models.backbone import WEIGHT_KEYS
 from glimpse.models.policy import Episode, GlimpsePolicy
 from glimpse.objectives import GlimpseObjective, centring_loss

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glimpse import multiset
-from glimpse.evaluation.localisation import glimpse_hits
+from glimpse.geometry import glimpse_hits
 from glimpse.models.policy import Episode
 
 LABEL_LOSSES = ("multiset", "reinforce", "sequence")

@@ -193,7 +193,7 @@ def test_heatmap_registry_scores_attribution_methods(glimpse_case):
     """The evaluation registry's maps (one row per target, each step's targets in one call) are
     attribute_episode's (B, T) grid rows, CAMs upsampled with the cell geometry."""
     from glimpse.heatmaps.registry import resolve_methods
-    from glimpse.models.attention import upsample_cells
+    from glimpse.geometry import upsample_cells
 
     policy, images, episode = glimpse_case
     names = ["gradcam", "gradient", "saliency_active", "integrated_gradients"]

@@ -13,7 +13,7 @@ import glimpse  # noqa: F401 -- registers the envs
 from glimpse import multiset
 from glimpse.data import MultisetMNIST
 from glimpse.env import MultisetEnv, MultisetVectorEnv, rollout
-from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.metrics import MultisetMetrics
 from glimpse.module import GlimpseModule
 
 K = 3  # classes of the hand-made data; decision K is STOP, K + 1 LOOK

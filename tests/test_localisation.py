@@ -3,8 +3,9 @@ import math
 
 import torch
 
-from glimpse.evaluation.localisation import LocalisationMetrics, baseline_episode, claim_hits, class_cover, localisation_scores
-from glimpse.evaluation.metrics import bootstrap_interval
+from glimpse.geometry import claim_hits
+from glimpse.localisation import LocalisationMetrics, baseline_episode, class_cover, localisation_scores
+from glimpse.metrics import bootstrap_interval
 from glimpse.models.attention import GaussianMixtureAttention
 from glimpse.models.policy import Episode
 
@@ -85,7 +86,7 @@ def test_saliency_baseline_follows_the_map_with_inhibition_of_return():
 
 
 def test_an_image_without_objects_is_scored_not_skipped():
-    from glimpse.evaluation.metrics import MultisetMetrics
+    from glimpse.metrics import MultisetMetrics
 
     ep = episode([STOP, STOP], [0, 1], [one_hot(0), one_hot(1)])
     empty_counts, no_boxes, no_labels = torch.zeros(1, K, dtype=torch.long), torch.zeros(1, 2, 4), torch.full((1, 2), -1)

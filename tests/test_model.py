@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from glimpse.models.attention import GaussianMixtureAttention, cell_centres
+from glimpse.geometry import cell_centres
+from glimpse.models.attention import GaussianMixtureAttention
 from glimpse.models.backbone import ConvBackbone, ResNetBackbone
 from glimpse.models.policy import GlimpsePolicy
 from glimpse.objectives import GlimpseObjective

@@ -4,7 +4,7 @@ import math
 import torch
 
 from glimpse import multiset
-from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.metrics import MultisetMetrics
 
 K = 10
 STOP = K

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from glimpse import multiset
 from glimpse.data.images import letterbox, letterbox_geometry
-from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.metrics import MultisetMetrics
 
 settings.register_profile("glimpse", max_examples=25, deadline=None)
 settings.load_profile("glimpse")

@@ -24,7 +24,7 @@ from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
 from glimpse import multiset
-from glimpse.models.attention import cell_coordinates
+from glimpse.geometry import even_cell_centres
 
 LOCATIONS = ("discrete", "continuous")
 OBSERVE = ("image", "glimpses")
@@ -142,13 +142,6 @@ def make_task(
         location=location, grid=grid, glimpse_size=int(glimpse_size), observe=observe,
         reward=reward or multiset.RewardSpec(), image_bounds=(low, high),
     )
-
-
-def cell_centres(locations: Tensor, grid: tuple[int, int], image_hw: tuple[int, int]) -> Tensor:
-    """Pixel centres ``(..., 2)`` as (x, y) of flat cell indices of a ``grid`` laid over an image."""
-    rows, cols = grid
-    row, col = cell_coordinates(locations, cols).unbind(-1)
-    return torch.stack([(col + 0.5) * image_hw[1] / cols, (row + 0.5) * image_hw[0] / rows], -1)
 
 
 def locations_at(centres: Tensor, task: TaskSpec) -> Tensor:
@@ -307,7 +300,7 @@ class EpisodeBatch:
         _, h, w = self.task.image_shape
         if self.task.location == "continuous":
             return location * torch.tensor([w, h], dtype=torch.float32, device=self.device)
-        return cell_centres(location, self.task.grid, (h, w))
+        return even_cell_centres(location, self.task.grid, (h, w))
 
     def step(self, location: Tensor, decision: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Glimpse at ``location`` and apply ``decision`` in every row: (reward, terminated, truncated)."""

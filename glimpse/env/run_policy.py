@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from glimpse.env.multiset_env import MultisetVectorEnv, cell_centres, locations_at
-from glimpse.evaluation.metrics import MultisetMetrics
+from glimpse.env.multiset_env import MultisetVectorEnv, locations_at
+from glimpse.geometry import even_cell_centres
+from glimpse.metrics import MultisetMetrics
 from glimpse.models.policy import GlimpsePolicy
 
 
@@ -90,7 +91,7 @@ def _play(module, net: GlimpsePolicy, env, base, num_steps: int, chunk: list[int
     look = torch.full_like(episode.labels, base.task.look)[..., None].expand(-1, -1, net.num_glimpses)
     cells = torch.cat([episode.glimpse_locations, episode.meta_locations[..., None]], -1).flatten(1)  # (B, T*(k+1))
     decisions = torch.cat([look, episode.labels[..., None]], -1).flatten(1)
-    centres = cell_centres(cells, episode.grid, tuple(images.shape[-2:]))
+    centres = even_cell_centres(cells, episode.grid, tuple(images.shape[-2:]))
     locations = locations_at(centres, base.task).cpu().numpy()
     decisions = decisions.cpu().numpy()
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import torch
 
 from glimpse import multiset
-from glimpse.evaluation.localisation import localisation_scores
-from glimpse.evaluation.metrics import bootstrap_interval
 from glimpse.heatmaps.evaluation import HeatmapEvaluation
 from glimpse.heatmaps.render import render_episodes
+from glimpse.localisation import localisation_scores
+from glimpse.metrics import bootstrap_interval
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from glimpse.heatmaps.gradients import METHODS as ATTRIBUTION_METHODS
 from glimpse.heatmaps.igos import check_settings, igos_maps
 from glimpse.heatmaps.replay import attribute_targets, target_probability
 from glimpse.heatmaps.targets import Method
-from glimpse.models.attention import upsample_cells
+from glimpse.geometry import upsample_cells
 from glimpse.models.policy import Episode
 
 
@@ -38,7 +38,7 @@ class AttributionMethods:
     call per batch (one forward pass per meta step, batched gradients, one backward pass per
     target and no more), the maps computed at the layer's resolution and cell-sized ones
     upsampled with the backbone's cell geometry
-    (:func:`~glimpse.models.attention.upsample_cells`). The first method asked for a batch
+    (:func:`~glimpse.geometry.upsample_cells`). The first method asked for a batch
     computes them all; the others read the cache.
     """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from glimpse.models.attention import cell_centres, upsample_cells
+from glimpse.geometry import cell_centres, upsample_cells
 from glimpse.models.policy import Episode
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from glimpse.heatmaps.gradients import attribute
 from glimpse.heatmaps.targets import NO_TARGET, emitted_label_targets, label_probability
-from glimpse.models.attention import upsample_cells
+from glimpse.geometry import upsample_cells
 from glimpse.models.policy import Episode, GlimpsePolicy
 
 
@@ -137,7 +137,7 @@ def attribute_episode(
     greedy rollout of ``max_steps`` meta steps, the module's by default). targets: ``(B, T)``
     classes per step (default :func:`emitted_label_targets`; NO_TARGET steps give zeros).
     layer: for the CAMs (default :func:`default_layer`). upsample: CAMs from cells to pixels
-    with the backbone's cell geometry (:func:`~glimpse.models.attention.upsample_cells`).
+    with the backbone's cell geometry (:func:`~glimpse.geometry.upsample_cells`).
     Other keyword arguments go to :func:`~glimpse.heatmaps.gradients.attribute`.
     """
     policy, _ = policy_of(model)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glimpse.geometry import box_masks
+
 PAPER_TOLERANCE, PAPER_SIDE = 15.0, 224.0
 
 
@@ -58,17 +60,6 @@ def pointing_game(maps: Tensor, boxes: Tensor, valid: Tensor, tolerance: float) 
     dy = torch.clamp(torch.maximum(boxes[..., 1] - py[:, None], py[:, None] - boxes[..., 3]), min=0)
     close = (dx.pow(2) + dy.pow(2)).sqrt() <= tolerance
     return (close & valid).any(-1)
-
-
-def box_masks(boxes: Tensor, valid: Tensor, image_hw: tuple[int, int]) -> Tensor:
-    """Union of the valid boxes as a pixel mask ``(N, H, W)`` (pixel centres inside a box)."""
-    h, w = image_hw
-    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5
-    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5
-    in_y = (ys >= boxes[..., 1, None]) & (ys < boxes[..., 3, None])  # (N, M, H)
-    in_x = (xs >= boxes[..., 0, None]) & (xs < boxes[..., 2, None])  # (N, M, W)
-    inside = in_y[..., :, None] & in_x[..., None, :] & valid[..., None, None]
-    return inside.any(1)
 
 
 def energy_pointing_game(maps: Tensor, boxes: Tensor, valid: Tensor) -> Tensor:

@@ -11,47 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-
-def cell_coordinates(locations: Tensor, width: int) -> Tensor:
-    """(row, col) float coordinates ``(..., 2)`` of flat cell indices ``(...)``."""
-    return torch.stack([torch.div(locations, width, rounding_mode="floor"), locations % width], -1).float()
-
-
-def cell_geometry(grid: tuple[int, int], image_hw: tuple[int, int], stride: int | None = None) -> tuple[Tensor, Tensor]:
-    """Pixel ``(x, y)`` centre of cell (0, 0) and cell spacing ``(x, y)``.
-
-    With the backbone's ``stride``, cell ``j`` is centred where its receptive field is: pixel
-    ``stride * j`` (continuous coordinate ``stride * j + 0.5``) for convolutions padded to keep
-    the centre, as the conv and ResNet backbones are. Without it, the grid splits the image
-    evenly (cell ``j`` centred at ``(j + 0.5) * W / w``), which is off by up to half a cell for
-    a strided backbone (3.4 px on the default 100-px canvas, 7.5 px for a ResNet at 224 px).
-    """
-    h, w = grid
-    if stride is None:
-        spacing = torch.tensor([image_hw[1] / w, image_hw[0] / h])
-        return spacing / 2, spacing
-    return torch.tensor([0.5, 0.5]), torch.tensor([float(stride), float(stride)])
-
-
-def cell_centres(locations: Tensor, grid: tuple[int, int], image_hw: tuple[int, int], stride: int | None = None) -> Tensor:
-    """Pixel (x, y) centres ``(..., 2)`` of flat cell indices (see :func:`cell_geometry`)."""
-    origin, spacing = (v.to(locations.device) for v in cell_geometry(grid, image_hw, stride))
-    rows, cols = cell_coordinates(locations, grid[1]).unbind(-1)
-    return origin + torch.stack([cols, rows], -1) * spacing
-
-
-def upsample_cells(maps: Tensor, image_hw: tuple[int, int], stride: int | None = None) -> Tensor:
-    """Bilinear resampling of cell maps ``(N, h, w)`` to pixels ``(N, H, W)``, cells placed as
-    :func:`cell_geometry` says (with ``stride``: cell ``j``'s value at pixel ``stride * j``)."""
-    if stride is None:
-        return torch.nn.functional.interpolate(maps[:, None], size=image_hw, mode="bilinear", align_corners=False)[:, 0]
-    h, w = maps.shape[-2:]
-    ys = torch.arange(image_hw[0], device=maps.device, dtype=maps.dtype) / stride  # pixel -> cell coordinate
-    xs = torch.arange(image_hw[1], device=maps.device, dtype=maps.dtype) / stride
-    gy = 2 * ys / max(h - 1, 1) - 1  # align_corners=True: -1 and 1 are the first and last cell centres
-    gx = 2 * xs / max(w - 1, 1) - 1
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1).expand(maps.shape[0], -1, -1, -1)
-    return torch.nn.functional.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+from glimpse.geometry import cell_coordinates
 
 
 _TABLES: dict[tuple[int, int, str], Tensor] = {}

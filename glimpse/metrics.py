@@ -13,7 +13,7 @@ from glimpse import multiset
 
 
 class MultisetMetrics(Metric):
-    """Accumulates predicted and true count vectors ``(B, K)``; ``compute`` gives the keys of DESIGN.md."""
+    """Accumulates predicted and true count vectors ``(B, K)``; ``compute`` gives the ``multiset/*`` keys of metrics.json."""
 
     full_state_update = False
 

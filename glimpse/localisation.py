@@ -1,4 +1,4 @@
-"""Where the glimpses land: hit rate, object coverage and attention energy (DESIGN.md keys).
+"""Where the glimpses land: hit rate, object coverage and attention energy (the ``localisation/*`` keys of metrics.json).
 
 All three are computed batched over images; the only Python loop is over the handful of
 meta steps, because a box claimed at step ``t`` cannot be claimed again at a later step.
@@ -26,48 +26,18 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from glimpse import multiset
-from glimpse.heatmaps.scores import box_masks
-from glimpse.models.attention import cell_centres, cell_geometry
+from glimpse.geometry import box_masks, cell_geometry, glimpse_hits, points_in_boxes, step_centres
 
 KEYS = ("glimpse_hit_rate", "object_coverage", "attention_energy_in_box")
 _SUBSAMPLES = 8  # points per cell side used to measure how much of a cell a box covers
-
-
-def points_in_boxes(points: Tensor, boxes: Tensor, valid: Tensor) -> Tensor:
-    """``(B, P, N)``: point ``(B, P, 2)`` (x, y) lies in box ``(B, N, 4)`` (x0, y0, x1, y1); ``valid (B, N)``."""
-    x, y = points[..., 0, None], points[..., 1, None]
-    x0, y0, x1, y1 = (boxes[:, None, :, i] for i in range(4))
-    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1) & valid[:, None, :]
-
-
-def claim_hits(centres: Tensor, labels: Tensor, eligible: Tensor, boxes: Tensor, box_labels: Tensor) -> Tensor:
-    """Greedy claim of boxes in step order; returns ``hit (B, T)``.
-
-    centres ``(B, T, 2)`` pixel points, labels ``(B, T)``, eligible ``(B, T)`` steps that may
-    score, boxes ``(B, N, 4)``, box_labels ``(B, N)`` with ``-1`` for padding.
-    """
-    inside = points_in_boxes(centres, boxes, box_labels >= 0)  # (B, T, N)
-    same = box_labels[:, None, :] == labels[:, :, None]
-    box_centres = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, N, 2)
-    distance = (centres[:, :, None, :] - box_centres[:, None, :, :]).pow(2).sum(-1)  # (B, T, N)
-    claimed = torch.zeros_like(box_labels, dtype=torch.bool)
-    hits = []
-    for t in range(centres.shape[1]):
-        candidate = inside[:, t] & same[:, t] & ~claimed & eligible[:, t, None]
-        hit = candidate.any(-1)
-        choice = distance[:, t].masked_fill(~candidate, float("inf")).argmin(-1)
-        claimed = claimed | (torch.nn.functional.one_hot(choice, claimed.shape[1]).bool() & hit[:, None])
-        hits.append(hit)
-    return torch.stack(hits, 1)
 
 
 def class_cover(boxes: Tensor, box_labels: Tensor, labels: Tensor, grid: tuple[int, int], image_hw: tuple[int, int],
                 stride: int | None = None) -> Tensor:
     """Share ``(B, T, h*w)`` of each cell inside the union of the boxes of class ``labels (B, T)``.
 
-    A cell is the square of one cell spacing around its centre (:func:`cell_geometry`). The
-    boxes are rasterised at ``_SUBSAMPLES`` points per cell side (by :func:`heatmaps.box_masks`
+    A cell is the square of one cell spacing around its centre (:func:`~glimpse.geometry.cell_geometry`). The
+    boxes are rasterised at ``_SUBSAMPLES`` points per cell side (by :func:`~glimpse.geometry.box_masks`
     on the boxes moved to that raster), then averaged per cell.
     """
     h, w = grid
@@ -111,23 +81,6 @@ def baseline_episode(episode, kind: str, attention, generator: torch.Generator |
     else:
         raise ValueError(f"baseline must be 'random' or 'saliency', got {kind!r}")
     return dataclasses.replace(episode, meta_locations=meta, glimpse_locations=glimpses, attention_masks=masks.detach())
-
-
-def step_centres(episode, image_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Pixel centres of the final glimpse of each step ``(B, T, 2)`` and of every glimpse ``(B, T, k', 2)``."""
-    every = cell_centres(episode.step_locations(), episode.grid, image_hw, episode.cell_stride)
-    return every[:, :, -1], every
-
-
-def glimpse_hits(episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, dict]:
-    """``hits (B, T)``: steps that emitted a right label (before the first STOP) and whose final
-    glimpse centre claimed a not-yet-claimed box of that class; and the replayed episode
-    (:func:`multiset.rollout`)."""
-    labels = episode.labels
-    played = multiset.rollout(counts, labels)
-    correct = played["correct"] & played["alive"] & (labels < counts.shape[1])
-    final, _ = step_centres(episode, image_hw)
-    return claim_hits(final, labels, correct, boxes, box_labels), played
 
 
 def localisation_scores(episode, counts: Tensor, boxes: Tensor, box_labels: Tensor, image_hw: tuple[int, int]) -> dict[str, Tensor]:
