@@ -12,6 +12,23 @@ from torchmetrics import Metric
 from glimpse import multiset
 
 
+def multiset_fractions(predicted: Tensor, target: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per image, the numerator and denominator ``(B,)`` of each multiset metric, from count
+    vectors ``(B, K)``: ``exact_match`` (1 / 1 when equal), ``precision`` (overlap / predicted
+    size), ``recall`` (overlap / true size) and ``f1`` (2 overlap / both sizes). Summed over
+    images they give the micro-averaged metrics; kept per image, bootstrap intervals."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"predicted counts {tuple(predicted.shape)} and targets {tuple(target.shape)} differ in shape")
+    overlap = multiset.intersection_size(predicted, target)
+    size_predicted, size_target = predicted.sum(-1), target.sum(-1)
+    return {
+        "exact_match": ((predicted == target).all(-1), torch.ones_like(overlap)),
+        "precision": (overlap, size_predicted),
+        "recall": (overlap, size_target),
+        "f1": (2 * overlap, size_predicted + size_target),
+    }
+
+
 class MultisetMetrics(Metric):
     """Accumulates predicted and true count vectors ``(B, K)``; ``compute`` gives the ``multiset/*`` keys of metrics.json."""
 
@@ -24,12 +41,12 @@ class MultisetMetrics(Metric):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, predicted: Tensor, target: Tensor) -> None:  # type: ignore[override]
-        if predicted.shape != target.shape:
-            raise ValueError(f"predicted counts {tuple(predicted.shape)} and targets {tuple(target.shape)} differ in shape")
-        self.intersection += multiset.intersection_size(predicted, target).sum()
-        self.predicted += predicted.sum()
-        self.target += target.sum()
-        self.exact += (predicted == target).all(-1).sum()
+        fractions = multiset_fractions(predicted, target)
+        overlap, size_predicted = fractions["precision"]
+        self.intersection += overlap.sum()
+        self.predicted += size_predicted.sum()
+        self.target += fractions["recall"][1].sum()
+        self.exact += fractions["exact_match"][0].sum()
         self.images += predicted.shape[0]
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]

@@ -1,4 +1,4 @@
-"""The gymnasium environment: hand-played rewards, spaces, seeding, batched = single, policy rollouts."""
+"""The gymnasium environment: hand-played rewards, spaces, seeding, batched = single, a trained policy played."""
 import subprocess
 import sys
 import warnings
@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import glimpse  # noqa: F401 -- registers the envs
 from glimpse import multiset
 from glimpse.data import MultisetMNIST
-from glimpse.env import MultisetEnv, MultisetVectorEnv, rollout
+from glimpse.env import MultisetEnv, MultisetVectorEnv, play_policy
 from glimpse.metrics import MultisetMetrics
 from glimpse.module import GlimpseModule
 
@@ -231,7 +231,7 @@ def fresh_module(stop_bias: float) -> GlimpseModule:
 
 
 @pytest.mark.parametrize("stop_bias", [0.0, 8.0, -30.0])  # as initialised, STOP at once, never STOP
-def test_rollout_returns_match_the_evaluation_metrics(stop_bias):
+def test_play_policy_returns_match_the_evaluation_metrics(stop_bias):
     data = MultisetMNIST(split="test", size=16, seed=0)
     module = fresh_module(stop_bias)
     batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
@@ -244,7 +244,7 @@ def test_rollout_returns_match_the_evaluation_metrics(stop_bias):
     rewards = multiset.rollout(batch["counts"], episode.labels)["reward"].sum(-1)
 
     envs = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=8, dataset=data)
-    result = rollout(module, envs, indices=list(range(len(data))))
+    result = play_policy(module, envs, indices=list(range(len(data))))
     assert result["metrics"] == expected
     assert np.array_equal(result["emitted"], predicted.numpy()) and np.array_equal(result["counts"], batch["counts"].numpy())
     assert np.allclose(result["return"], rewards.numpy())
@@ -258,24 +258,24 @@ def test_rollout_returns_match_the_evaluation_metrics(stop_bias):
     if stop_bias < 0:
         assert result["truncated"].all() and (result["length"] == 10).all()
 
-    single = rollout(module, gymnasium.make("glimpse/Multiset-v0", dataset=data), indices=[3, 0])
+    single = play_policy(module, gymnasium.make("glimpse/Multiset-v0", dataset=data), indices=[3, 0])
     assert np.array_equal(single["return"], result["return"][[3, 0]])
 
 
-def test_rollout_checks_budget_and_classes():
+def test_play_policy_checks_budget_and_classes():
     module = fresh_module(0.0)
     data = MultisetMNIST(split="test", size=4, seed=0)
     with pytest.raises(ValueError, match="max_steps=10"):
-        rollout(module, gymnasium.make("glimpse/Multiset-v0", dataset=data, max_steps=6))
+        play_policy(module, gymnasium.make("glimpse/Multiset-v0", dataset=data, max_steps=6))
     with pytest.raises(ValueError, match="classes"):
-        rollout(module, gymnasium.make("glimpse/Multiset-v0", dataset=data, class_names=list("abcdefghij")))
+        play_policy(module, gymnasium.make("glimpse/Multiset-v0", dataset=data, class_names=list("abcdefghij")))
     with pytest.raises(TypeError, match="GlimpseModule"):
-        rollout(object(), gymnasium.make("glimpse/Multiset-v0", dataset=data))
+        play_policy(object(), gymnasium.make("glimpse/Multiset-v0", dataset=data))
 
 
 @pytest.mark.slow
-def test_rollout_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
-    """train.py experiment=smoke, then evaluate.py's metrics.json against the env rollout on the same test images."""
+def test_play_policy_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
+    """train.py experiment=smoke, then evaluate.py's metrics.json against the policy played in the env on the same test images."""
     import json
     import os
     from pathlib import Path
@@ -294,7 +294,7 @@ def test_rollout_of_a_trained_checkpoint_matches_evaluate_py(tmp_path):
     expected = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     module = load_checkpoint(str(tmp_path / "train" / "checkpoints" / "last.ckpt"))
     envs = gymnasium.make_vec("glimpse/Multiset-v0", num_envs=32, dataset=MultisetMNIST(split="test", size=64, seed=0))
-    result = rollout(module, envs, indices=list(range(64)))
+    result = play_policy(module, envs, indices=list(range(64)))
     for key, value in result["metrics"].items():
         assert value == pytest.approx(expected[key], abs=1e-6), key
 

@@ -1,7 +1,7 @@
 """Gymnasium environments for the multiset glimpse task, sharing the reward with training.
 
 ``MultisetEnv`` (one episode = one image), ``MultisetVectorEnv`` (the same task, batched in
-torch, registered as the vector entry point) and ``rollout`` (run a trained policy in them).
+torch, registered as the vector entry point) and ``play_policy`` (run a trained policy in them).
 Attributes load lazily so ``import glimpse`` stays cheap.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ _LAZY = {
     "MultisetEnv": "glimpse.env.multiset_env",
     "MultisetVectorEnv": "glimpse.env.multiset_env",
     "TaskSpec": "glimpse.env.multiset_env",
-    "rollout": "glimpse.env.run_policy",
+    "play_policy": "glimpse.env.run_policy",
 }
 
 __all__ = ["register_envs", *_LAZY]

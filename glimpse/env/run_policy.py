@@ -29,12 +29,12 @@ def _unpack(policy: Any):
         return None, policy
     if isinstance(getattr(policy, "policy", None), GlimpsePolicy) and hasattr(policy, "predict_episode"):
         return policy, policy.policy
-    raise TypeError(f"rollout needs a GlimpseModule (glimpse.module.load_checkpoint), a GlimpsePolicy or a "
+    raise TypeError(f"play_policy needs a GlimpseModule (glimpse.module.load_checkpoint), a GlimpsePolicy or a "
                     f"checkpoint path, got {type(policy).__name__}")
 
 
 @torch.no_grad()
-def rollout(policy: Any, env: Any, indices: list[int] | None = None, seed: int | None = None) -> dict[str, Any]:
+def play_policy(policy: Any, env: Any, indices: list[int] | None = None, seed: int | None = None) -> dict[str, Any]:
     """Play one greedy episode per image; returns per-episode arrays and the multiset metrics.
 
     env: a :class:`MultisetEnv` or :class:`MultisetVectorEnv` (wrapped or not).

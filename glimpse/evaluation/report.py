@@ -5,11 +5,10 @@ from pathlib import Path
 
 import torch
 
-from glimpse import multiset
 from glimpse.heatmaps.evaluation import HeatmapEvaluation
 from glimpse.heatmaps.render import render_episodes
 from glimpse.localisation import localisation_scores
-from glimpse.metrics import bootstrap_interval
+from glimpse.metrics import bootstrap_interval, multiset_fractions
 
 
 @torch.no_grad()
@@ -68,11 +67,8 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
             inter += torch.minimum(predicted, counts).sum(0).cpu()
             predicted_total += predicted.sum(0).cpu()
             target_total += counts.sum(0).cpu()
-            overlap = multiset.intersection_size(predicted, counts)
-            keep("multiset/exact_match", (predicted == counts).all(-1), torch.ones_like(overlap))
-            keep("multiset/precision", overlap, predicted.sum(-1))
-            keep("multiset/recall", overlap, counts.sum(-1))
-            keep("multiset/f1", 2 * overlap, predicted.sum(-1) + counts.sum(-1))
+            for key, (numerator, denominator) in multiset_fractions(predicted, counts).items():
+                keep(f"multiset/{key}", numerator, denominator)
             if "boxes" in batch:
                 scores = localisation_scores(episode, counts, batch["boxes"], batch["labels"], tuple(batch["image"].shape[-2:]))
                 keep("localisation/glimpse_hit_rate", scores["hits"].sum(-1), scores["scored"].sum(-1))
