@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from conftest import ROOT, run
 
-from glimpse.data.datamodule import SeededOrder
+from glimpse.data.sampler import SeededOrder
 from glimpse.module import load_checkpoint
 from glimpse.reliability import AtomicCheckpointIO, CpuBudget, FiniteGradients, LastCheckpoint, RunFault
 
@@ -269,14 +269,14 @@ def test_ddp_two_cpu_processes_test_metrics_match_one_process(tmp_path):
     (dict(train_size=0), "size=0: a split needs at least 1 canvas"),
 ])
 def test_bad_data_values_name_the_key(kwargs, message):
-    from glimpse.data.datamodule import MultisetMNISTDataModule
+    from glimpse.data.mnist_datamodule import MultisetMNISTDataModule
 
     with pytest.raises(ValueError, match=message):
         MultisetMNISTDataModule(**kwargs).train_dataloader()
 
 
 def test_empty_split_and_wrong_channel_count_are_clear_errors():
-    from glimpse.data.datamodule import seeded_loader
+    from glimpse.data.loaders import seeded_loader
     from glimpse.models.backbone import ConvBackbone
 
     with pytest.raises(ValueError, match="is empty"):
@@ -305,7 +305,7 @@ class OrderProbe(pl.LightningModule):
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_seeded_order_is_the_order_of_a_seeded_shuffled_loader_under_lightning(num_workers):
     """The default run keeps the batches it had before SeededOrder (a shuffled DataLoader with a seeded generator)."""
-    from glimpse.data.datamodule import seeded_loader
+    from glimpse.data.loaders import seeded_loader
 
     data = list(range(20))
     plain = torch.utils.data.DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(7),
@@ -337,7 +337,7 @@ def test_data_workers_block_sigterm_and_keep_lightnings_worker_seeding(monkeypat
 
     from lightning.fabric.utilities.seed import pl_worker_init_function
 
-    from glimpse.data.datamodule import seeded_loader
+    from glimpse.data.loaders import seeded_loader
 
     monkeypatch.setenv("PL_SEED_WORKERS", "1")
     ours = torch.cat(list(seeded_loader(_WorkerDraws(), 2, True, 5, 1, False)))
@@ -349,7 +349,7 @@ def test_data_workers_block_sigterm_and_keep_lightnings_worker_seeding(monkeypat
 
 
 def test_seeded_order_resumes_mid_epoch():
-    from glimpse.data.datamodule import SeededOrder
+    from glimpse.data.sampler import SeededOrder
 
     order = SeededOrder(10, seed=3)
     order.set_epoch(2)

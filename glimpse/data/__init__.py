@@ -1,7 +1,7 @@
 """Data: real MNIST digit pools and the MNIST Multiset canvases built from them; COCO-format
 and PASCAL VOC photographs."""
 
-from glimpse.data.datamodule import MultisetMNISTDataModule
+from glimpse.data.mnist_datamodule import MultisetMNISTDataModule
 from glimpse.data.digits import load_digits
 from glimpse.data.multiset_mnist import MultisetMNIST
 from glimpse.data.photo_datamodule import CocoDataModule, VOCDataModule

@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from glimpse.data.coco import read_coco
-from glimpse.data.datamodule import ResumableOrder, seeded_loader
+from glimpse.data.loaders import ResumableOrder, seeded_loader
 from glimpse.data.detection import Annotations, DetectionDataset, ImageRecord, select_objects
 from glimpse.data.voc import read_voc
 
