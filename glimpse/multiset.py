@@ -18,7 +18,7 @@ class RewardSpec:
     ``correct`` for a label still in the remaining multiset (which then loses one copy),
     ``wrong`` for any other label, ``stop_correct`` for STOP once nothing remains, and
     STOP with objects left costs ``early_stop_cost`` per object left unnamed (a plain -1
-    lets the policy learn to stop at once; see REFERENCES.md).
+    lets the policy learn to stop at once; see docs/references.md).
     """
 
     correct: float = 1.0

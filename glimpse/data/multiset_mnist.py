@@ -1,6 +1,6 @@
 """MNIST Multiset: canvases of several real MNIST digits (labels may repeat), composed on the fly.
 
-Follows the public `mnist_multi` recipe (REFERENCES.md): clutter first, then digits of random
+Follows the public `mnist_multi` recipe (docs/references.md): clutter first, then digits of random
 sizes in distinct cells of a grid sized by the largest digit. Every canvas is a pure function
 of (seed, split, index), so no canvas is ever stored and any worker can draw any item.
 """

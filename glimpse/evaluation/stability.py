@@ -1,5 +1,5 @@
 """How stable heatmaps are across models of the same config trained from different seeds
-("Great Minds Think Alike", REFERENCES.md): a map that is a property of the task should
+("Great Minds Think Alike", docs/references.md): a map that is a property of the task should
 not change with the seed; one that is a property of the run does.
 
 Maps are compared on the targets two models share: the same image and the same (right)
