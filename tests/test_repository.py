@@ -11,7 +11,8 @@ four things that only make sense on the machine or in the notes of the people wh
    and YAML text, and in Python comments and docstrings. Python code is not prose, so a variable
    named `ours` or `mine` passes; so does text inside backticks or quotes, where a capital `I`
    is usually a symbol (an identity image, a PIL mode);
-3. a reference to an issue or pull-request number (`issue 12`, `#12`, `PR 12`);
+3. a reference to an issue or pull-request number (the word issue or PR followed by a number, or a
+   hash sign followed by a number);
 4. a citation of the team's notes, which are not in the repository (the references file and
    the design notes in upper case, a `shared` folder): cite `docs/references.md` instead.
 
@@ -36,7 +37,7 @@ MACHINE_ROOTS = ["wo" "rk", "ro" "ot", "ho" "me", "Us" "ers", "t" "mp", "m" "nt"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~$:/-])/(?:" + "|".join(MACHINE_ROOTS) + r")/[\w.$<{-]"
                            r"|\b[A-Z]:\\" "Us" r"ers\\", re.IGNORECASE)
 
-# first-person pronouns, as words; a capital I only before a verb-like lower-case word or a
+# first-person pronouns, as words; a capital `I` only before a verb-like lower-case word or a
 # contraction, so that `I - B` (an image) and `"I;16"` (a PIL mode) are not narration
 _PRONOUNS = ["m" "y", "m" "e", "mi" "ne", "mys" "elf", "w" "e", "u" "s", "o" "ur", "ou" "rs", "ourse" "lves"]
 FIRST_PERSON = re.compile(r"\b(?:" + "|".join(_PRONOUNS) + r")\b(?!['/-]\w)|(?-i:\bI(?:'(?:m|ve|d|ll)\b|\s+[a-z]{2,}\b))",
