@@ -7,8 +7,9 @@
   composed with Hydra with the same overrides, so a renamed or removed key fails. So is every
   inline override of the README (`data=mnist_multi_4`, `model.lr=2e-3 ...`), against the train
   or the evaluate config.
-- The cheap commands run end to end: `train.py` with `experiment=smoke`, then `evaluate.py` on its
-  checkpoint with no other options. They run as written plus `SMALL_*` below, which shrink the data
+- The cheap commands run end to end: `train.py` with `experiment=smoke` (its epoch line has the
+  fields of the README's sample line), then `evaluate.py` on its checkpoint with no other options,
+  which writes the files the README names. They run as written plus `SMALL_*` below, which shrink the data
   and point the output to a temporary dir (the only change made to a README command).
 
 Placeholders in commands: `RUN` is a run dir (the smoke run's, when run), `DIR`, `EXPL`, `OUT` and
@@ -30,8 +31,7 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 SCRIPTS = {"train.py": "train", "evaluate.py": "evaluate"}
 # appended to the cheap commands when they run: small data, one epoch, a temporary output dir
 SMALL_TRAIN = ["data.train_size=64", "data.val_size=16", "data.test_size=16", "data.batch_size=16",
-               "trainer.max_epochs=1", "model.policy.hidden=32", "callbacks.heatmaps=null",
-               "callbacks.heatmap_metrics.num_images=4"]
+               "model.policy.hidden=32", "callbacks.heatmaps=null", "callbacks.heatmap_metrics.num_images=4"]
 SMALL_EVALUATE = ["data.test_size=16", "heatmaps.max_images=4", "heatmaps.perturbation_steps=2"]
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -184,7 +184,13 @@ def test_readme_cheap_commands_run_end_to_end(tmp_path):
     assert trains and evaluates
     run_dir = tmp_path / "run"
     for script, *overrides in trains:
-        run(script, *placeholders(overrides, run_dir, run_dir), *SMALL_TRAIN, f"paths.output_dir={run_dir}")
+        proc = run(script, *placeholders(overrides, run_dir, run_dir), *SMALL_TRAIN, f"paths.output_dir={run_dir}")
+        # the epoch line the README shows: the same fields in the same order
+        shown = [body for body in blocks(README.read_text(), "") if body.startswith("epoch ")]
+        printed = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+        assert shown and printed
+        fields = lambda line: [part.rsplit(" ", 1)[0] for part in line.split(" | ")]  # noqa: E731
+        assert fields(printed[-1]) == fields(shown[0].strip()), (printed[-1], shown[0])
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert {"test/multiset/f1", "test/multiset/exact_match"} <= set(metrics)
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
