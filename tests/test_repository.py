@@ -44,7 +44,7 @@ FIRST_PERSON = re.compile(r"\b(?:" + "|".join(_PRONOUNS) + r")\b(?!['/-]\w)|(?-i
                           re.IGNORECASE)
 _CAPITAL_I_ONLY = re.compile(r"\bI\b")
 
-ISSUE_NUMBER = re.compile(r"\b(?:iss" r"ues?|P" r"Rs?|pull requests?)\s*#?\s*\d+\b|(?<![\w&#/])#\d+\b", re.IGNORECASE)
+ISSUE_NUMBER = re.compile(r"\b(?:iss" r"ues?|P" r"Rs?|pull requests?)\s*#?\s*\d+\b|(?<![\w&#/"'])#\d+\b", re.IGNORECASE)
 
 TEAM_NOTES = re.compile(r"\b(?:REF" r"ERENCES|DES" r"IGN)(?:\.md)?\b|\.\./sh" r"ared\b|\bsh" r"ared/")
 
@@ -122,6 +122,7 @@ def test_the_scan_catches_what_it_looks_for():
     assert not FIRST_PERSON.search("museum, focus, status, mean, welcome, measure, Ourense")
     assert ISSUE_NUMBER.search("the goal of iss" "ue 4") and ISSUE_NUMBER.search("see #" "12")
     assert not ISSUE_NUMBER.search("#SBATCH --nodes=2") and not ISSUE_NUMBER.search("colour '#1f77b4'")
+    assert not ISSUE_NUMBER.search('color="#000000"') and not ISSUE_NUMBER.search("&#8212;")
     assert TEAM_NOTES.search("formulas in REF" "ERENCES.md") and TEAM_NOTES.search("../sh" "ared/x")
     assert not TEAM_NOTES.search("docs/references.md")
     assert python_prose("x = 1  # a comment\ns = 'not prose'\n") == {1: "# a comment"}
