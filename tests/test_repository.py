@@ -44,7 +44,7 @@ FIRST_PERSON = re.compile(r"\b(?:" + "|".join(_PRONOUNS) + r")\b(?!['/-]\w)|(?-i
                           re.IGNORECASE)
 _CAPITAL_I_ONLY = re.compile(r"\bI\b")
 
-ISSUE_NUMBER = re.compile(r"\b(?:iss" r"ues?|P" r"Rs?|pull requests?)\s*#?\s*\d+\b|(?<![\w&#/"'])#\d+\b", re.IGNORECASE)
+ISSUE_NUMBER = re.compile(r"\b(?:iss" r"ues?|P" r"Rs?|pull requests?)\s*#?\s*\d+\b|(?<![\w&#/\"'])#\d+\b", re.IGNORECASE)
 
 TEAM_NOTES = re.compile(r"\b(?:REF" r"ERENCES|DES" r"IGN)(?:\.md)?\b|\.\./sh" r"ared\b|\bsh" r"ared/")
 
