@@ -42,7 +42,6 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.~$:/-])/(?:" + "|".join(MACHINE_ROOTS) + r"
 _PRONOUNS = ["m" "y", "m" "e", "mi" "ne", "mys" "elf", "w" "e", "u" "s", "o" "ur", "ou" "rs", "ourse" "lves"]
 FIRST_PERSON = re.compile(r"\b(?:" + "|".join(_PRONOUNS) + r")\b(?!['/-]\w)|(?-i:\bI(?:'(?:m|ve|d|ll)\b|\s+[a-z]{2,}\b))",
                           re.IGNORECASE)
-_CAPITAL_I_ONLY = re.compile(r"\bI\b")
 
 ISSUE_NUMBER = re.compile(r"\b(?:iss" r"ues?|P" r"Rs?|pull requests?)\s*#?\s*\d+\b|(?<![\w&#/\"'])#\d+\b", re.IGNORECASE)
 
@@ -55,7 +54,10 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini",
 
 
 def tracked_text_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    proc = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    out = proc.stdout
     files = []
     for name in out.decode().split("\0"):
         path = ROOT / name
