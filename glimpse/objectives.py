@@ -22,6 +22,7 @@ LOCATION_REWARDS = ("expected", "sampled")
 ORACLES = ("uniform", "attended")
 ROLL_INS = ("greedy", "stochastic", "oracle")
 BASELINES = ("learned", "batch_mean", "self_critical")
+TERMINATIONS = ("label", "head")
 SEQUENCE_ORDERS = ("random", "spatial", "area")
 _PRIME = 2_147_483_647  # 2^31 - 1: the modulus of the per-image hash of the random order
 
@@ -176,6 +177,12 @@ class GlimpseObjective:
     box_reward: weight of a location reward for a step whose final glimpse lands in a not
         yet claimed ground-truth box of the right label it emits. It uses the boxes: an
         explicitly named weak-supervision exception, off (0) by default.
+    termination: how the model learns to stop. ``label``: STOP is one more label, the target
+        (or the rewarded action) once nothing remains. ``head``: a separate stop head (the
+        2018 authors' code), trained by binary cross entropy on steps ``0..|Y|``, positive at
+        step ``|Y|`` (the ``|Y| + 1``-th), whatever the earlier labels were; the labels are
+        then trained on the first ``|Y|`` steps only, and training never stops early.
+    stop_weight: weight of the stop head's loss (``termination=head``).
     """
 
     label_loss: str = "multiset"
@@ -196,6 +203,8 @@ class GlimpseObjective:
     centring_weight: float = 0.0
     centring_images: int | None = 16
     box_reward: float = 0.0
+    termination: str = "label"
+    stop_weight: float = 1.0
     reward: multiset.RewardSpec = field(default_factory=multiset.RewardSpec)
 
     def __post_init__(self) -> None:
@@ -209,6 +218,7 @@ class GlimpseObjective:
             ("objective.baseline", self.baseline, BASELINES),
             ("objective.sequence_order", self.sequence_order, SEQUENCE_ORDERS),
             ("objective.reward_scheme", self.reward_scheme, multiset.REWARD_SCHEMES),
+            ("objective.termination", self.termination, TERMINATIONS),
         ]
         if self.centring_images is not None and self.centring_images < 1:
             raise ValueError(f"objective.centring_images={self.centring_images} must be >= 1, or null for the whole batch")
@@ -221,7 +231,7 @@ class GlimpseObjective:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"objective.gamma={self.gamma} must be in [0, 1]")
         for key in ("entropy_weight", "value_weight", "count_weight", "peak_weight", "attention_reward", "glimpse_reward",
-                    "centring_weight", "box_reward"):
+                    "centring_weight", "box_reward", "stop_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"objective.{key}={getattr(self, key)} must be >= 0")
         self.reward = self.reward.with_scheme(self.reward_scheme)
@@ -231,9 +241,15 @@ class GlimpseObjective:
         """How the policy picks labels while training (oracle and sequence roll-ins force them)."""
         return "sample" if self.label_loss == "reinforce" or self.roll_in == "stochastic" else "greedy"
 
+    @property
+    def num_values(self) -> int:
+        """Value outputs the policy needs: a second baseline for the label returns of label REINFORCE."""
+        return 2 if self.label_loss == "reinforce" and self.baseline == "learned" else 1
+
     def num_steps(self, targets: Tensor, max_steps: int) -> int:
-        """Meta steps to unroll in training: |Y| + 1 for the multiset and sequence losses, else the budget."""
-        if self.label_loss in ("multiset", "sequence"):
+        """Meta steps to unroll in training: |Y| + 1 for the multiset and sequence losses and
+        under a stop head, else the budget."""
+        if self.label_loss in ("multiset", "sequence") or self.termination == "head":
             return int(targets.sum(-1).max().item()) + 1
         return max_steps
 
@@ -262,14 +278,21 @@ class GlimpseObjective:
         """Replay the episode: remaining multisets, masks, rewards and returns of each step."""
         logits = episode.label_logits  # (B, T, K+1)
         log_probs = F.log_softmax(logits, -1)
-        roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=self.label_loss == "reinforce")
+        by_label = self.termination == "label"
+        roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=by_label and self.label_loss == "reinforce")
         remaining = roll["remaining_before"]  # (B, T, K)
         attended = attended_density(episode) if self.oracle == "attended" or self.attention_reward else None
-        if self.label_loss == "reinforce":
+        t = torch.arange(logits.shape[1], device=logits.device)
+        stop_mask = None
+        if not by_label:
+            # the labels on steps 0..|Y|-1, the stop head on steps 0..|Y| (positive at |Y|)
+            size = targets.sum(-1, keepdim=True)
+            step_mask = loc_mask = (t[None, :] < size).float()
+            stop_mask = (t[None, :] <= size).float()
+        elif self.label_loss == "reinforce":
             step_mask = loc_mask = roll["alive"].float()
         else:
             # steps 0..|Y|: |Y| labels, then the termination step whose target is STOP
-            t = torch.arange(logits.shape[1], device=logits.device)
             step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
             # the location decisions only matter while something is left to find
             loc_mask = step_mask * (remaining.sum(-1) > 0).float()
@@ -292,26 +315,39 @@ class GlimpseObjective:
             step_reward = step_reward + self.box_reward * hits.float()
         return {
             "log_probs": log_probs, "roll": roll, "remaining": remaining, "attended": attended,
-            "step_mask": step_mask, "loc_mask": loc_mask, "step_reward": step_reward,
+            "step_mask": step_mask, "loc_mask": loc_mask, "stop_mask": stop_mask, "step_reward": step_reward,
             "returns": multiset.discounted_returns(step_reward, loc_mask, self.gamma),
             "label_returns": multiset.discounted_returns(roll["reward"], loc_mask, self.gamma),
+            # episode-level rewards (undiscounted sums), the self-critical baseline's currency
+            "episode_reward": (step_reward * loc_mask).sum(-1),
+            "episode_label_reward": (roll["reward"] * loc_mask).sum(-1),
         }
 
     def returns(self, episode: Episode, targets: Tensor, batch: dict | None = None) -> dict[str, Tensor]:
-        """Per-step returns ``(B, T)`` of the location and label decisions: what a greedy rollout
-        gives the ``self_critical`` baseline."""
+        """Per-step returns ``(B, T)`` of the location and label decisions, and the episode's
+        total rewards ``(B,)`` (``episode_reward``, ``episode_label_reward``): what a greedy
+        rollout gives the ``self_critical`` baseline."""
         played = self._play(episode, targets, batch)
-        return {"returns": played["returns"], "label_returns": played["label_returns"]}
+        return {key: played[key] for key in ("returns", "label_returns", "episode_reward", "episode_label_reward")}
 
-    def _baseline(self, returns: Tensor, mask: Tensor, values: Tensor, greedy: Tensor | None) -> Tensor:
-        """Baseline ``(B, T)`` subtracted from ``returns`` (see the class docstring)."""
+    def _advantage(self, played: dict, kind: str, values: Tensor | None, greedy: dict | None) -> Tensor:
+        """Detached advantage ``(B, T)`` of the ``kind`` return (``returns`` of the locations or
+        ``label_returns``), each against its own baseline (see the class docstring).
+
+        ``self_critical`` (as self-critical sequence training): every step of the sampled
+        episode gets the episode's total reward minus the greedy episode's total reward."""
+        returns, mask = played[kind], played["loc_mask"]
         if self.baseline == "learned":
-            return values
+            if values is None:
+                raise ValueError(f"the learned baseline of {kind} needs the policy's value output for it "
+                                 f"(GlimpsePolicy(num_values=objective.num_values))")
+            return (returns - values).detach()
         if self.baseline == "batch_mean":
-            return ((returns * mask).sum(0) / mask.sum(0).clamp(min=1)).expand_as(returns)
+            return (returns - ((returns * mask).sum(0) / mask.sum(0).clamp(min=1))).detach()
         if greedy is None:
             raise ValueError("objective.baseline='self_critical' needs the greedy rollout's returns (greedy=...)")
-        return greedy
+        total = "episode_reward" if kind == "returns" else "episode_label_reward"
+        return (played[total] - greedy[total])[:, None].expand_as(returns).detach()
 
     def __call__(
         self, episode: Episode, targets: Tensor, batch: dict | None = None, greedy: dict[str, Tensor] | None = None
@@ -327,24 +363,31 @@ class GlimpseObjective:
             preference = played["attended"].flatten(0, 1) if self.oracle == "attended" else None
             oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(logits)
             ce = -(oracle * log_probs).sum(-1)
-            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum()
+            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum().clamp(min=1)
         elif self.label_loss == "sequence":
             sequence = self.label_sequence(batch)[:, : logits.shape[1]]
             ce = -log_probs.gather(-1, sequence[..., None]).squeeze(-1)
-            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum()
+            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum().clamp(min=1)
         else:
-            label_returns = played["label_returns"]
             label_logp = log_probs.gather(-1, episode.labels[..., None]).squeeze(-1)
-            baseline = self._baseline(label_returns, loc_mask, episode.values, greedy and greedy["label_returns"])
-            advantage = (label_returns - baseline).detach()
-            out["label_loss"] = -(advantage * label_logp * loc_mask).sum() / loc_mask.sum()
+            label_advantage = self._advantage(played, "label_returns", episode.label_values, greedy)
+            out["label_loss"] = -(label_advantage * label_logp * loc_mask).sum() / loc_mask.sum().clamp(min=1)
 
         returns = played["returns"]
         n = loc_mask.sum().clamp(min=1)
-        baseline = self._baseline(returns, loc_mask, episode.values, greedy and greedy["returns"])
-        advantage = (returns - baseline).detach()  # the baseline never receives policy gradient
+        advantage = self._advantage(played, "returns", episode.values, greedy)  # the baseline never receives policy gradient
         out["location_loss"] = -(advantage * episode.location_logp() * loc_mask).sum() / n
         out["value_loss"] = (((episode.values - returns) ** 2) * loc_mask).sum() / n
+        if self.label_loss == "reinforce" and self.baseline == "learned":  # the label return's own baseline
+            out["value_loss"] = out["value_loss"] + (((episode.label_values - played["label_returns"]) ** 2) * loc_mask).sum() / n
+        if self.termination == "head":
+            if episode.stop_logits is None:
+                raise ValueError("objective.termination=head needs a policy with a stop head (GlimpsePolicy(stop_head=True))")
+            size = targets.sum(-1, keepdim=True)
+            at_end = (torch.arange(logits.shape[1], device=logits.device)[None, :] == size).float()
+            bce = F.binary_cross_entropy_with_logits(episode.stop_logits, at_end, reduction="none")
+            stop_mask = played["stop_mask"]
+            out["stop_loss"] = ((bce * stop_mask).sum(-1) / stop_mask.sum(-1).clamp(min=1)).mean()
         entropy = episode.location_entropy()
         if self.label_loss == "reinforce":
             entropy = entropy + -(log_probs.exp() * log_probs).sum(-1)
@@ -362,8 +405,17 @@ class GlimpseObjective:
             + self.count_weight * out["count_loss"]
             + self.peak_weight * out["peak_loss"]
         )
+        if "stop_loss" in out:
+            out["loss"] = out["loss"] + self.stop_weight * out["stop_loss"]
         roll = played["roll"]
         out["reward"] = (roll["reward"] * roll["alive"]).sum(-1).mean()
         out["location_reward"] = (played["step_reward"] * loc_mask).sum() / n
         out["advantage"] = (advantage * loc_mask).sum() / n
+        # diagnostics, not in the loss: the label policy's entropy on the label steps, and the share of
+        # episodes that would stop at the first step (by the stop head, or by a first label STOP)
+        with torch.no_grad():
+            label_entropy = -(log_probs.exp() * log_probs).sum(-1)
+            out["label_entropy"] = (label_entropy * step_mask).sum() / step_mask.sum().clamp(min=1)
+            first = episode.stop_logits[:, 0] > 0 if episode.stop_logits is not None else episode.labels[:, 0] == logits.shape[-1] - 1
+            out["stop_at_once"] = first.float().mean()
         return out

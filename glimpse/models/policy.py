@@ -46,10 +46,12 @@ class Episode:
     glimpse_entropy: Tensor  # (B, T, k)
     label_logits: Tensor  # (B, T, K + 1); index K is STOP
     labels: Tensor  # (B, T) emitted label or STOP
-    values: Tensor  # (B, T) learned baseline of the step's reward, from detached state
+    values: Tensor  # (B, T) learned baseline of the step's location return, from detached state
     grid: tuple[int, int]  # (h, w)
     priority_maps: Tensor | None = None  # (B, T, k, h*w) logits, only when record=True
     cell_stride: int | None = None  # pixels per cell of the backbone (cell j centred at pixel stride*j); None: even split
+    label_values: Tensor | None = None  # (B, T) learned baseline of the label return (a second value output), or None
+    stop_logits: Tensor | None = None  # (B, T) logit of the stop head (termination by a separate head), or None
 
     def actions(self) -> dict[str, Tensor]:
         """The discrete decisions, for replaying the same episode (attribution, env)."""
@@ -64,7 +66,9 @@ class Episode:
         return self.meta_logp + self.glimpse_logp.sum(-1)
 
     def location_entropy(self) -> Tensor:
-        return self.meta_entropy + self.glimpse_entropy.mean(-1)
+        """Entropy ``(B, T)`` of each meta step's location decisions: the meta-controller's plus
+        each glimpse's, summed as their log-probabilities are (zero glimpses add nothing)."""
+        return self.meta_entropy + self.glimpse_entropy.sum(-1)
 
 
 def _choose(logits: Tensor, mode: str, forced: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -157,6 +161,8 @@ class GlimpsePolicy(nn.Module):
         detach_saliency: bool = True,
         learn_attention: bool = False,
         glimpse_temperature: float = 1.0,
+        stop_head: bool = False,
+        num_values: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -178,7 +184,12 @@ class GlimpsePolicy(nn.Module):
         )
         self.interface = Interface(hidden, key_dim, glimpse_temperature)
         self.controller = Controller(feature_dim, hidden, num_classes, glimpse_sigma)
-        self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        if num_values not in (1, 2):
+            raise ValueError(f"num_values must be 1 (location return) or 2 (location and label returns), got {num_values}")
+        # value head on detached state: the baseline of the location return, and with num_values=2 of the label return
+        self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_values))
+        # termination by a separate head (the 2018 authors' code): a logit per step, STOP where it is > 0
+        self.stop = nn.Linear(hidden + feature_dim, 1) if stop_head else None
 
     def forward(
         self,
@@ -190,6 +201,7 @@ class GlimpsePolicy(nn.Module):
         record: bool = False,
         label_roll_in: Callable[[Tensor, Tensor], Tensor] | None = None,
         labels_only: bool = False,
+        head_stops: bool = True,
     ) -> Episode:
         """Roll out ``num_steps`` meta steps on a batch; ``actions`` replays recorded decisions.
 
@@ -198,6 +210,9 @@ class GlimpsePolicy(nn.Module):
         ``labels_only``: with every location forced by ``actions``, compute only what the label
         logits depend on (the meta-controller's state, the value and the location policies'
         log-probabilities do not feed them; those fields are zeros). For replays that score labels.
+        With a stop head, the labels are chosen among the classes, and where the head's logit
+        is > 0 the step emits STOP instead (``head_stops``; training turns it off: its episodes
+        run |Y| + 1 steps and the head is taught by its own loss).
         """
         for name, mode in (("location_mode", location_mode), ("label_mode", label_mode)):
             if mode not in ("sample", "greedy"):
@@ -209,7 +224,9 @@ class GlimpsePolicy(nn.Module):
         saliency_map, class_density = self.saliency(activations)
         batch, _, height, width = activations.shape
         if self.read_density:
-            activations = torch.cat([activations, class_density], 1)  # (B, C + K, h, w)
+            # detached, neither the location nor the label decisions train the saliency model through what they read
+            density = class_density
+            activations = torch.cat([activations, density], 1)  # (B, C + K, h, w)
         features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
         keys = None if labels_only else self.keys(features)  # (B, h*w, D)
         hidden = self.meta.cell.hidden_size
@@ -232,11 +249,12 @@ class GlimpsePolicy(nn.Module):
             forced = actions.get("meta_locations")
             if labels_only:
                 loc = forced[:, t]
-                loc_logp = loc_ent = value = mass.new_zeros(batch)
+                loc_logp = loc_ent = mass.new_zeros(batch)
+                value = mass.new_zeros(batch, self.value[-1].out_features)
             else:
                 h_meta, c_meta = self.meta.cell(torch.cat([summary, self.label_embedding(prev_label), log_mass], -1),
                                                 (h_meta, c_meta))
-                value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach()).squeeze(-1)
+                value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach())  # (B, num_values)
                 loc_logits = self.meta.location_logits(h_meta, keys, seen)
                 loc, loc_logp, loc_ent = _choose(loc_logits, location_mode, None if forced is None else forced[:, t])
             mask = self.meta.attention(loc, height, width)  # (B, h*w)
@@ -258,7 +276,17 @@ class GlimpsePolicy(nn.Module):
             label_logits = self.controller.classifier(torch.cat([h_ctrl, g0], -1))
             forced = actions.get("labels")
             forced = forced[:, t] if forced is not None else None if label_roll_in is None else label_roll_in(mask, class_density)
-            label, _, _ = _choose(label_logits, label_mode, forced)
+            stop_logit = None
+            if self.stop is not None:
+                stop_logit = self.stop(torch.cat([h_ctrl, g0], -1)).squeeze(-1)
+                if forced is None:  # labels among the classes; the head decides STOP
+                    label, _, _ = _choose(label_logits[:, : self.num_classes], label_mode, None)
+                    if head_stops:
+                        label = torch.where(stop_logit > 0, self.num_classes, label)
+                else:
+                    label = forced
+            else:
+                label, _, _ = _choose(label_logits, label_mode, forced)
 
             empty = image.new_zeros(batch, 0)
             keep(
@@ -266,8 +294,12 @@ class GlimpsePolicy(nn.Module):
                 glimpse_locations=torch.stack(g_locs, -1) if g_locs else empty.long(),
                 glimpse_logp=torch.stack(g_logps, -1) if g_logps else empty,
                 glimpse_entropy=torch.stack(g_ents, -1) if g_ents else empty,
-                label_logits=label_logits, labels=label, values=value,
+                label_logits=label_logits, labels=label, values=value[:, 0],
             )
+            if value.shape[-1] > 1:
+                keep(label_values=value[:, 1])
+            if stop_logit is not None:
+                keep(stop_logits=stop_logit)
             if record:
                 keep(priority_maps=torch.stack(prios, 1) if prios else image.new_zeros(batch, 0, height * width))
             saliency = saliency * (1 - mask)  # inhibition of return
