@@ -68,6 +68,29 @@ def test_location_policies_learn_from_the_reinforce_term_alone(detach_saliency):
         assert grads[name] is None or grads[name].abs().sum() == 0, f"{name} must not get policy gradient"
 
 
+@pytest.mark.parametrize("label_loss", ["multiset", "reinforce"])
+def test_detached_saliency_gets_no_policy_gradient_with_read_density_on(label_loss):
+    # the glimpses read the per-class densities: detached, no REINFORCE or entropy gradient may reach the
+    # saliency head through them (nor through the location keys computed from them)
+    grads = {}
+    for detach in (True, False):
+        obj = GlimpseObjective(label_loss=label_loss)
+        policy = small_policy(detach_saliency=detach, read_density=True, num_values=obj.num_values)
+        images, counts = batch()
+        ep = policy(images, obj.num_steps(counts, 4), label_mode=obj.label_mode)
+        out = obj(ep, counts)
+        policy_loss = out["location_loss"] - obj.entropy_weight * out["entropy"]
+        if label_loss == "reinforce":
+            policy_loss = policy_loss + out["label_loss"]
+        names = [n for n, _ in policy.named_parameters()]
+        grads[detach] = dict(zip(names, torch.autograd.grad(policy_loss, list(policy.parameters()), allow_unused=True)))
+    for name in ("saliency.net.0.weight", "saliency.net.2.weight"):
+        g = grads[True][name]
+        assert g is None or g.abs().sum() == 0, f"{name} gets policy gradient with detach_saliency on"
+        assert grads[False][name] is not None and grads[False][name].abs().sum() > 0, name
+    assert grads[True]["backbone.features.0.weight"].abs().sum() > 0  # the policy still trains the backbone it reads
+
+
 def test_zero_glimpses_train_a_finite_loss():
     # k = 0: the meta step alone; no glimpse entropies to average (an empty mean was NaN)
     policy = small_policy(k=0)

@@ -225,7 +225,7 @@ class GlimpsePolicy(nn.Module):
         batch, _, height, width = activations.shape
         if self.read_density:
             # detached, neither the location nor the label decisions train the saliency model through what they read
-            density = class_density
+            density = class_density.detach() if self.meta.detach_saliency else class_density
             activations = torch.cat([activations, density], 1)  # (B, C + K, h, w)
         features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
         keys = None if labels_only else self.keys(features)  # (B, h*w, D)
