@@ -312,17 +312,17 @@ def batch_with_boxes():
 def test_sequence_order_spatial_and_area_by_hand():
     batch = batch_with_boxes()
     # spatial: centres (25, 5), (10, 22.5), (6, 8): rows 5, 8, 22 -> labels 1, 1, 0
-    spatial = GlimpseObjective(label_loss="sequence", sequence_order="spatial").label_sequence(batch)
+    spatial = GlimpseObjective(label_loss="sequence", sequence_order="spatial").labels.sequence(batch)
     assert spatial.tolist() == [[1, 1, 0, 2], [0, 2, 2, 2]]
     # area: 300, 144, 100 -> labels 0, 1 (medium), 1 (small)
-    area = GlimpseObjective(label_loss="sequence", sequence_order="area").label_sequence(batch)
+    area = GlimpseObjective(label_loss="sequence", sequence_order="area").labels.sequence(batch)
     assert area.tolist() == [[0, 1, 1, 2], [0, 2, 2, 2]]
     # random: a permutation of the labels, the same every call, another one for some seed
-    orders = {tuple(GlimpseObjective(label_loss="sequence", sequence_seed=s).label_sequence(batch)[0].tolist())
+    orders = {tuple(GlimpseObjective(label_loss="sequence", sequence_seed=s).labels.sequence(batch)[0].tolist())
               for s in range(8)}
     assert all(sorted(o[:3]) == [0, 1, 1] and o[3] == 2 for o in orders) and len(orders) > 1
     obj = GlimpseObjective(label_loss="sequence", sequence_seed=3)
-    assert torch.equal(obj.label_sequence(batch), obj.label_sequence(batch))
+    assert torch.equal(obj.labels.sequence(batch), obj.labels.sequence(batch))
 
 
 def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
@@ -330,7 +330,7 @@ def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
     obj = GlimpseObjective(label_loss="sequence", sequence_order="area", count_weight=0.0)
     steps = obj.num_steps(batch["counts"], 9)
     assert steps == 4
-    forced = obj.roll_in_args(batch, steps)["actions"]["labels"]
+    forced = obj.roll_in_args(batch, steps)["label_roll_in"].labels
     logits = torch.zeros(2, 4, 3)
     logits[0, 0, 0] = 2.0  # right at step 0 of image 0
     out = obj(episode(logits, forced), batch["counts"], batch)
@@ -338,7 +338,7 @@ def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
     ce = [math.log(math.e**2 + 2) - 2] + [math.log(3)] * 5
     assert math.isclose(out["label_loss"].item(), sum(ce) / 6, rel_tol=1e-6)
     with pytest.raises(ValueError, match="boxes"):
-        obj.label_sequence({"labels": batch["labels"], "counts": batch["counts"]})
+        obj.labels.sequence({"labels": batch["labels"], "counts": batch["counts"]})
 
 
 def test_box_reward_pays_a_glimpse_in_an_unclaimed_box_of_the_emitted_label():
@@ -355,8 +355,6 @@ def test_box_reward_pays_a_glimpse_in_an_unclaimed_box_of_the_emitted_label():
 
 
 def test_glimpse_reward_pays_the_emitted_class_density_at_the_final_glimpse_cell():
-    from glimpse.objectives import named_density
-
     # targets {0, 1}; steps emit 0, 0 (already named), 1, STOP; one glimpse per step
     ep = episode(torch.zeros(1, 4, 3), torch.tensor([[0, 0, 1, 2]]))
     ep.glimpse_locations = torch.tensor([[[4], [4], [2], [4]]])
@@ -364,11 +362,11 @@ def test_glimpse_reward_pays_the_emitted_class_density_at_the_final_glimpse_cell
     ep.class_density[0, 0].view(-1)[4] = 0.75
     ep.class_density[0, 1].view(-1)[2] = 3.0  # more than one object's worth: capped at 1
     remaining = multiset.rollout(torch.tensor([[1, 1]]), ep.labels)["remaining_before"]
-    assert named_density(ep, remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
+    assert multiset.named_density(ep.class_density, ep.labels, ep.step_locations()[..., -1], remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
     # without glimpses (k = 0) the meta cell is the step's location
     ep.glimpse_locations = torch.zeros(1, 4, 0, dtype=torch.long)
     ep.meta_locations = torch.tensor([[4, 4, 2, 4]])
-    assert named_density(ep, remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
+    assert multiset.named_density(ep.class_density, ep.labels, ep.step_locations()[..., -1], remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
     obj = GlimpseObjective(count_weight=0.0, peak_weight=0.0, location_reward="sampled", glimpse_reward=2.0)
     out = obj(ep, torch.tensor([[1, 1]]))
     # scored steps 0..2 (|Y| = 2, then the termination step): rewards 1 + 1.5, -1 + 0, 1 + 2

@@ -1,12 +1,11 @@
-"""Training objectives: REINFORCE for the location decisions, and for the labels either
-REINFORCE (Welleck et al. 2017), the multiset loss (Welleck et al. 2018), or the sequence
-cross entropy with a fixed label order (the 2018 paper's baseline).
+"""The training objective of the glimpse model: REINFORCE for the location decisions, one of
+the label losses of :mod:`glimpse.objectives.labels` for the labels, the stop head's loss when
+termination is by a separate head, and the saliency model's own losses.
 
 Every reward and remaining multiset comes from :mod:`glimpse.multiset`.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +15,8 @@ from torch import Tensor
 from glimpse import multiset
 from glimpse.evaluation.localisation import glimpse_hits
 from glimpse.models.policy import Episode
+from glimpse.objectives.labels import SEQUENCE_ORDERS, LabelLoss, make_label_loss
+from glimpse.objectives.saliency import count_loss, peak_loss
 
 LABEL_LOSSES = ("multiset", "reinforce", "sequence")
 LOCATION_REWARDS = ("expected", "sampled")
@@ -23,106 +24,6 @@ ORACLES = ("uniform", "attended")
 ROLL_INS = ("greedy", "stochastic", "oracle")
 BASELINES = ("learned", "batch_mean", "self_critical")
 TERMINATIONS = ("label", "head")
-SEQUENCE_ORDERS = ("random", "spatial", "area")
-_PRIME = 2_147_483_647  # 2^31 - 1: the modulus of the per-image hash of the random order
-
-
-def attended_mass(attention_masks: Tensor, class_density: Tensor) -> Tensor:
-    """Mass ``(B, ..., K)`` of each class's density under attention masks ``(B, ..., h*w)``, detached."""
-    return torch.einsum("b...n,bkn->b...k", attention_masks.detach(), class_density.detach().flatten(2))
-
-
-def attended_density(episode: Episode) -> Tensor:
-    """Mass ``(B, T, K)`` of each class's density under each step's attention mask, detached."""
-    return attended_mass(episode.attention_masks, episode.class_density)
-
-
-def named_density(episode: Episode, remaining: Tensor) -> Tensor:
-    """Density ``(B, T)`` of each step's emitted class at its final glimpse cell (the meta
-    cell when ``k = 0``), where that label was still unnamed; at most 1, detached."""
-    _, num_classes, height, width = episode.class_density.shape
-    label = episode.labels.clamp(max=num_classes - 1)  # STOP reads class K-1, then is masked out
-    cell = label * (height * width) + episode.step_locations()[..., -1]  # (B, T) into the flat (K * h * w) densities
-    value = episode.class_density.detach().flatten(1).gather(1, cell)
-    unnamed = remaining.gather(-1, label[..., None]).squeeze(-1) > 0
-    return (value * (unnamed & (episode.labels < num_classes))).clamp(max=1.0)
-
-
-@contextlib.contextmanager
-def running_statistics_kept(module: torch.nn.Module):
-    """Normalisation layers normalise by the batch as in training, but their running
-    statistics (and batch count) come out as they went in: they update stand-in copies,
-    and the originals (which an earlier pass may have saved for its backward) stay untouched."""
-    layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats]
-    kept = [dict(m._buffers) for m in layers]
-    for m, buffers in zip(layers, kept):
-        for name, value in buffers.items():
-            if value is not None:
-                m._buffers[name] = value.clone()
-    try:
-        yield
-    finally:
-        for m, buffers in zip(layers, kept):
-            m._buffers.update(buffers)
-
-
-def centring_loss(backbone, saliency, image: Tensor, saliency_map: Tensor) -> Tensor:
-    """Rotation consistency of the saliency map ``(B, h, w)`` of ``image`` (see
-    ``GlimpseObjective.centring_weight``): squared difference per image, summed over cells.
-
-    The image is padded at the bottom and right to ``stride * n + 1`` pixels, so that turning
-    it by 180 degrees maps cell centres (pixel ``stride * j``) onto cell centres; the
-    saliency map of the turned image is compared with the turned, zero-padded saliency map.
-    """
-    stride = getattr(backbone, "stride", None)
-    if not stride:
-        raise ValueError("objective.centring_weight needs a backbone with a 'stride' (the conv and ResNet backbones have one); "
-                         "set objective.centring_weight=0")
-    height, width = image.shape[-2:]
-    pad_h, pad_w = (-(size - 1) % stride for size in (height, width))
-    turned = F.pad(image, (0, pad_w, 0, pad_h)).flip(-2, -1)
-    with running_statistics_kept(backbone):  # BatchNorm's statistics move once per step, in the episode's pass
-        turned_map, _ = saliency(backbone(turned))
-    h, w = turned_map.shape[-2:]
-    expected = F.pad(saliency_map, (0, w - saliency_map.shape[-1], 0, h - saliency_map.shape[-2])).flip(-2, -1)
-    return (turned_map - expected).pow(2).sum((-2, -1)).mean()
-
-
-class OracleRollIn:
-    """Oracle roll-in of the multiset loss: each step's label is drawn from the oracle
-    distribution of the remaining multiset (:func:`multiset.oracle_policy`), which then loses it.
-
-    Passed to :meth:`GlimpsePolicy.forward` as ``label_roll_in``; ``attended`` weights the
-    remaining labels by their density under the step's attention mask, as the loss does.
-    """
-
-    def __init__(self, targets: Tensor, attended: bool) -> None:
-        self.remaining = targets.clone()
-        self.attended = attended
-
-    def __call__(self, attention_mask: Tensor, class_density: Tensor) -> Tensor:
-        preference = attended_mass(attention_mask, class_density) if self.attended else None
-        probs = multiset.oracle_policy(self.remaining, preference)
-        label = torch.multinomial(probs, 1).squeeze(1)
-        _, self.remaining, _ = multiset.step(self.remaining, label)
-        return label
-
-
-def order_keys(order: str, labels: Tensor, boxes: Tensor | None, index: Tensor | None, seed: int) -> Tensor:
-    """Sort keys ``(B, N)`` of the ground-truth objects (smaller first) for a fixed label order.
-
-    ``spatial``: raster order of the box centres (by pixel row, then column); ``area``: the
-    largest box first; ``random``: a permutation fixed per image, hashed from ``(seed, index)``.
-    """
-    if order == "random":
-        position = torch.arange(labels.shape[1], device=labels.device)
-        x = (index.long()[:, None] * 1_000_003 + position + seed * 7_919) % _PRIME
-        h = (x * 48_271 + 11) % _PRIME
-        return ((h * h) % _PRIME + x).float()  # squaring mod p: no linear pattern over positions
-    centres = (boxes[..., :2] + boxes[..., 2:]) / 2
-    if order == "spatial":
-        return centres[..., 1].floor() * (boxes[..., 2].max() + 1) + centres[..., 0]
-    return -((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]))
 
 
 @dataclass
@@ -135,7 +36,7 @@ class GlimpseObjective:
         then STOP: the 2018 paper's baseline).
     roll_in: which labels the multiset loss rolls in: ``greedy`` (the model's argmax, the
         paper's), ``stochastic`` (sampled from the model), ``oracle`` (drawn from the oracle
-        distribution, :class:`OracleRollIn`). Termination is by STOP in all three.
+        distribution, :class:`OracleRollIn`).
     sequence_order: the fixed order of the sequence loss (:func:`order_keys`): ``random``,
         ``spatial`` or ``area``; the last two use the boxes (a weak-supervision exception).
     location_reward: reward of a meta step's location decisions: ``expected`` = the
@@ -146,8 +47,10 @@ class GlimpseObjective:
     gamma: discount of the return-to-go (0 = immediate reward of the step).
     baseline: what the REINFORCE advantages subtract from the returns: ``learned`` (the
         value head, trained on detached state), ``batch_mean`` (the batch's mean return at
-        each step), ``self_critical`` (the returns of the greedy rollout of the same images,
-        passed to :meth:`__call__` as ``greedy``; the module computes it under no_grad).
+        each step), ``self_critical`` (as self-critical sequence training: every step of the
+        sampled episode gets the episode's total reward minus the total reward of the greedy
+        rollout of the same images, passed to :meth:`__call__` as ``greedy``; the module
+        computes it under no_grad). Each return (locations, labels) has its own baseline.
     count_weight: weight of the count loss that teaches the saliency map from multiset
         labels alone (the per-class densities must sum to the true counts).
     peak_weight: weight of the peak loss: the densest cell of each class holds one whole
@@ -156,7 +59,7 @@ class GlimpseObjective:
         saliency map says where they are.
     oracle: ``uniform`` = the 2018 paper's oracle, every remaining label equally;
         ``attended`` = the same optimal labels weighted by how much of each class's density
-        lies under the step's attention mask (:func:`attended_density`), so the label a
+        lies under the step's attention mask (:func:`multiset.attended_mass`), so the label a
         step is taught is the object it looks at. Both are optimal policies of the
         multiset loss; with ``uniform`` nothing ties a label to its step's glimpse.
     attention_reward: weight of a location reward for attending to objects not yet named:
@@ -235,84 +138,70 @@ class GlimpseObjective:
             if getattr(self, key) < 0:
                 raise ValueError(f"objective.{key}={getattr(self, key)} must be >= 0")
         self.reward = self.reward.with_scheme(self.reward_scheme)
+        self.labels: LabelLoss = make_label_loss(self.label_loss, self.roll_in, self.oracle, self.sequence_order,
+                                                 self.sequence_seed)
 
     @property
     def label_mode(self) -> str:
         """How the policy picks labels while training (oracle and sequence roll-ins force them)."""
-        return "sample" if self.label_loss == "reinforce" or self.roll_in == "stochastic" else "greedy"
+        return self.labels.label_mode
 
     @property
     def num_values(self) -> int:
         """Value outputs the policy needs: a second baseline for the label returns of label REINFORCE."""
-        return 2 if self.label_loss == "reinforce" and self.baseline == "learned" else 1
+        return 2 if self.labels.samples_labels and self.baseline == "learned" else 1
 
     def num_steps(self, targets: Tensor, max_steps: int) -> int:
         """Meta steps to unroll in training: |Y| + 1 for the multiset and sequence losses and
         under a stop head, else the budget."""
-        if self.label_loss in ("multiset", "sequence") or self.termination == "head":
-            return int(targets.sum(-1).max().item()) + 1
-        return max_steps
+        if self.termination == "head":
+            return LabelLoss.num_steps(self.labels, targets, max_steps)
+        return self.labels.num_steps(targets, max_steps)
 
     def roll_in_args(self, batch: dict, num_steps: int) -> dict:
         """Keyword arguments of the training rollout that pick its labels: the sequence loss's
         teacher forcing, the oracle roll-in; none for the others."""
-        if self.label_loss == "sequence":
-            return {"actions": {"labels": self.label_sequence(batch)[:, :num_steps]}}
-        if self.roll_in == "oracle":
-            return {"label_roll_in": OracleRollIn(batch["counts"], self.oracle == "attended")}
-        return {}
+        return self.labels.roll_in_args(batch, num_steps)
 
-    def label_sequence(self, batch: dict) -> Tensor:
-        """The ground-truth labels ``(B, N + 1)`` in ``sequence_order``, then STOP (padding too)."""
-        labels, stop = batch["labels"], batch["counts"].shape[-1]
-        needs = {"labels"} | ({"index"} if self.sequence_order == "random" else {"boxes"})
-        missing = sorted(needs - set(batch))
-        if missing:
-            raise ValueError(f"objective.sequence_order={self.sequence_order!r} needs {missing} in the batch; this data has none")
-        keys = order_keys(self.sequence_order, labels, batch.get("boxes"), batch.get("index"), self.sequence_seed)
-        ordered = labels.gather(1, keys.masked_fill(labels < 0, float("inf")).argsort(dim=-1, stable=True))
-        ordered = torch.cat([ordered, ordered.new_full((labels.shape[0], 1), -1)], 1)
-        return torch.where(ordered < 0, stop, ordered)
-
-    def _play(self, episode: Episode, targets: Tensor, batch: dict | None) -> dict[str, Tensor]:
+    def play(self, episode: Episode, targets: Tensor, batch: dict | None) -> dict[str, Tensor]:
         """Replay the episode: remaining multisets, masks, rewards and returns of each step."""
         logits = episode.label_logits  # (B, T, K+1)
         log_probs = F.log_softmax(logits, -1)
         by_label = self.termination == "label"
-        roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=by_label and self.label_loss == "reinforce")
+        roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=by_label and self.labels.stop_ends)
         remaining = roll["remaining_before"]  # (B, T, K)
-        attended = attended_density(episode) if self.oracle == "attended" or self.attention_reward else None
-        t = torch.arange(logits.shape[1], device=logits.device)
+        attended = None
+        if self.oracle == "attended" or self.attention_reward:
+            attended = multiset.attended_mass(episode.attention_masks, episode.class_density)  # (B, T, K)
         stop_mask = None
-        if not by_label:
+        if by_label:
+            step_mask, loc_mask = self.labels.masks(targets, remaining, roll["alive"])
+        else:
             # the labels on steps 0..|Y|-1, the stop head on steps 0..|Y| (positive at |Y|)
+            t = torch.arange(logits.shape[1], device=logits.device)
             size = targets.sum(-1, keepdim=True)
             step_mask = loc_mask = (t[None, :] < size).float()
             stop_mask = (t[None, :] <= size).float()
-        elif self.label_loss == "reinforce":
-            step_mask = loc_mask = roll["alive"].float()
-        else:
-            # steps 0..|Y|: |Y| labels, then the termination step whose target is STOP
-            step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
-            # the location decisions only matter while something is left to find
-            loc_mask = step_mask * (remaining.sum(-1) > 0).float()
 
         if self.location_reward == "expected":
             probs = log_probs.exp().detach().flatten(0, 1)
-            step_reward = multiset.expected_reward(remaining.flatten(0, 1), probs, self.reward).view(logits.shape[:2])
+            label_reward = multiset.expected_reward(remaining.flatten(0, 1), probs, self.reward).view(logits.shape[:2])
         else:
-            step_reward = roll["reward"]
+            label_reward = roll["reward"]
+        shaping = {}
         if self.attention_reward:
-            unnamed = (attended * (remaining > 0)).sum(-1).clamp(max=1.0)  # (B, T) objects' worth
-            step_reward = step_reward + self.attention_reward * unnamed
+            shaping["attention"] = (self.attention_reward, multiset.unnamed_attended(attended, remaining))
         if self.glimpse_reward:
-            step_reward = step_reward + self.glimpse_reward * named_density(episode, remaining)
+            cells = episode.step_locations()[..., -1]
+            shaping["glimpse"] = (self.glimpse_reward, multiset.named_density(episode.class_density, episode.labels, cells,
+                                                                              remaining))
         if self.box_reward:
             if batch is None or "boxes" not in batch:
                 raise ValueError(f"objective.box_reward={self.box_reward} needs boxes in the batch; this data has none "
                                  f"(set objective.box_reward=0)")
             hits, _ = glimpse_hits(episode, targets, batch["boxes"], batch["labels"], tuple(batch["image"].shape[-2:]))
-            step_reward = step_reward + self.box_reward * hits.float()
+            shaping["box"] = (self.box_reward, hits.float())
+        step_reward = multiset.location_reward(label_reward, shaping)
         return {
             "log_probs": log_probs, "roll": roll, "remaining": remaining, "attended": attended,
             "step_mask": step_mask, "loc_mask": loc_mask, "stop_mask": stop_mask, "step_reward": step_reward,
@@ -327,15 +216,12 @@ class GlimpseObjective:
         """Per-step returns ``(B, T)`` of the location and label decisions, and the episode's
         total rewards ``(B,)`` (``episode_reward``, ``episode_label_reward``): what a greedy
         rollout gives the ``self_critical`` baseline."""
-        played = self._play(episode, targets, batch)
+        played = self.play(episode, targets, batch)
         return {key: played[key] for key in ("returns", "label_returns", "episode_reward", "episode_label_reward")}
 
-    def _advantage(self, played: dict, kind: str, values: Tensor | None, greedy: dict | None) -> Tensor:
+    def advantage(self, played: dict, kind: str, values: Tensor | None, greedy: dict | None) -> Tensor:
         """Detached advantage ``(B, T)`` of the ``kind`` return (``returns`` of the locations or
-        ``label_returns``), each against its own baseline (see the class docstring).
-
-        ``self_critical`` (as self-critical sequence training): every step of the sampled
-        episode gets the episode's total reward minus the greedy episode's total reward."""
+        ``label_returns``), each against its own baseline (see the class docstring)."""
         returns, mask = played[kind], played["loc_mask"]
         if self.baseline == "learned":
             if values is None:
@@ -349,53 +235,42 @@ class GlimpseObjective:
         total = "episode_reward" if kind == "returns" else "episode_label_reward"
         return (played[total] - greedy[total])[:, None].expand_as(returns).detach()
 
+    def stop_loss(self, episode: Episode, targets: Tensor, stop_mask: Tensor) -> Tensor:
+        """Binary cross entropy of the stop head on steps 0..|Y|, positive at step |Y|, averaged
+        per image over its steps, then over the batch."""
+        if episode.stop_logits is None:
+            raise ValueError("objective.termination=head needs a policy with a stop head (GlimpsePolicy(stop_head=True))")
+        t = torch.arange(episode.stop_logits.shape[1], device=targets.device)
+        at_end = (t[None, :] == targets.sum(-1, keepdim=True)).float()
+        bce = F.binary_cross_entropy_with_logits(episode.stop_logits, at_end, reduction="none")
+        return ((bce * stop_mask).sum(-1) / stop_mask.sum(-1).clamp(min=1)).mean()
+
     def __call__(
         self, episode: Episode, targets: Tensor, batch: dict | None = None, greedy: dict[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
         """Losses of a batch; ``batch`` supplies boxes / labels / index when an option needs them,
         ``greedy`` the greedy rollout's :meth:`returns` for the self-critical baseline."""
-        played = self._play(episode, targets, batch)
-        logits, log_probs, remaining = episode.label_logits, played["log_probs"], played["remaining"]
-        step_mask, loc_mask = played["step_mask"], played["loc_mask"]
+        played = self.play(episode, targets, batch)
+        log_probs, step_mask, loc_mask = played["log_probs"], played["step_mask"], played["loc_mask"]
         out: dict[str, Tensor] = {}
-
-        if self.label_loss == "multiset":
-            preference = played["attended"].flatten(0, 1) if self.oracle == "attended" else None
-            oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(logits)
-            ce = -(oracle * log_probs).sum(-1)
-            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum().clamp(min=1)
-        elif self.label_loss == "sequence":
-            sequence = self.label_sequence(batch)[:, : logits.shape[1]]
-            ce = -log_probs.gather(-1, sequence[..., None]).squeeze(-1)
-            out["label_loss"] = (ce * step_mask).sum() / step_mask.sum().clamp(min=1)
-        else:
-            label_logp = log_probs.gather(-1, episode.labels[..., None]).squeeze(-1)
-            label_advantage = self._advantage(played, "label_returns", episode.label_values, greedy)
-            out["label_loss"] = -(label_advantage * label_logp * loc_mask).sum() / loc_mask.sum().clamp(min=1)
+        out["label_loss"] = self.labels(episode, played, batch,
+                                        lambda kind: self.advantage(played, kind, episode.label_values, greedy))
 
         returns = played["returns"]
         n = loc_mask.sum().clamp(min=1)
-        advantage = self._advantage(played, "returns", episode.values, greedy)  # the baseline never receives policy gradient
+        advantage = self.advantage(played, "returns", episode.values, greedy)  # the baseline never receives policy gradient
         out["location_loss"] = -(advantage * episode.location_logp() * loc_mask).sum() / n
         out["value_loss"] = (((episode.values - returns) ** 2) * loc_mask).sum() / n
-        if self.label_loss == "reinforce" and self.baseline == "learned":  # the label return's own baseline
+        if self.num_values == 2:  # the label return's own baseline
             out["value_loss"] = out["value_loss"] + (((episode.label_values - played["label_returns"]) ** 2) * loc_mask).sum() / n
         if self.termination == "head":
-            if episode.stop_logits is None:
-                raise ValueError("objective.termination=head needs a policy with a stop head (GlimpsePolicy(stop_head=True))")
-            size = targets.sum(-1, keepdim=True)
-            at_end = (torch.arange(logits.shape[1], device=logits.device)[None, :] == size).float()
-            bce = F.binary_cross_entropy_with_logits(episode.stop_logits, at_end, reduction="none")
-            stop_mask = played["stop_mask"]
-            out["stop_loss"] = ((bce * stop_mask).sum(-1) / stop_mask.sum(-1).clamp(min=1)).mean()
+            out["stop_loss"] = self.stop_loss(episode, targets, played["stop_mask"])
         entropy = episode.location_entropy()
-        if self.label_loss == "reinforce":
+        if self.labels.samples_labels:
             entropy = entropy + -(log_probs.exp() * log_probs).sum(-1)
         out["entropy"] = (entropy * loc_mask).sum() / n
-        predicted_counts = episode.class_density.sum((-2, -1))  # (B, K)
-        out["count_loss"] = F.mse_loss(predicted_counts, targets.float())
-        peaks = episode.class_density.flatten(2).amax(-1)  # (B, K)
-        out["peak_loss"] = F.mse_loss(peaks, (targets > 0).float())
+        out["count_loss"] = count_loss(episode.class_density, targets)
+        out["peak_loss"] = peak_loss(episode.class_density, targets)
         value_weight = self.value_weight if self.baseline == "learned" else 0.0  # the value head is unused otherwise
         out["loss"] = (
             out["label_loss"]
@@ -416,6 +291,7 @@ class GlimpseObjective:
         with torch.no_grad():
             label_entropy = -(log_probs.exp() * log_probs).sum(-1)
             out["label_entropy"] = (label_entropy * step_mask).sum() / step_mask.sum().clamp(min=1)
+            logits = episode.label_logits
             first = episode.stop_logits[:, 0] > 0 if episode.stop_logits is not None else episode.labels[:, 0] == logits.shape[-1] - 1
             out["stop_at_once"] = first.float().mean()
         return out
