@@ -58,10 +58,13 @@ class GlimpseModule(pl.LightningModule):
             raise ValueError(f"model.backbone_lr={backbone_lr} must be >= 0, or null for model.lr")
         if scheduler not in ("cosine", "constant"):
             raise ValueError(f"model.scheduler={scheduler!r} is not known; choose 'cosine' or 'constant'")
-        self.policy: GlimpsePolicy = instantiate(policy, num_classes=num_classes)
+        self.objective = GlimpseObjective(**objective)
+        # the objective decides what the policy needs beyond the model config: a stop head, a second value output
+        self.policy: GlimpsePolicy = instantiate(policy, num_classes=num_classes,
+                                                 stop_head=self.objective.termination == "head",
+                                                 num_values=self.objective.num_values)
         if channels_last:  # oneDNN's and cuDNN's faster convolution kernels; the same function
             self.policy.to(memory_format=torch.channels_last)
-        self.objective = GlimpseObjective(**objective)
         self.class_names = list(class_names)
         self.max_steps = max_steps
         self.val_metrics = MultisetMetrics()
@@ -93,14 +96,14 @@ class GlimpseModule(pl.LightningModule):
         counts, objective = batch["counts"], self.objective
         steps = objective.num_steps(counts, self.max_steps)
         episode = self.policy(batch["image"], steps, location_mode="sample", label_mode=objective.label_mode,
-                              **objective.roll_in_args(batch, steps))
+                              head_stops=False, **objective.roll_in_args(batch, steps))
         greedy = None
         if objective.baseline == "self_critical":  # the greedy rollout of the same images is the baseline
             # as at test time: eval mode, so BatchNorm neither normalises by this batch nor updates its statistics twice
             self.policy.eval()
             try:
                 with torch.no_grad():
-                    rollout = self.policy(batch["image"], steps, location_mode="greedy", label_mode="greedy")
+                    rollout = self.policy(batch["image"], steps, location_mode="greedy", label_mode="greedy", head_stops=False)
                     greedy = objective.returns(rollout, counts, batch)
             finally:
                 self.policy.train()

@@ -1,4 +1,6 @@
-"""Multiset arithmetic shared by the objectives, the environment and the metrics.
+"""Multiset arithmetic shared by the objectives, the environment and the metrics, and every
+reward: the multiset reward of a label, its expectation, and the location rewards' shaping
+terms (:func:`location_reward`).
 
 Classes are ``0 .. C-1`` and the STOP action is index ``C``. A multiset is a count vector
 ``(B, C)``. Everything here is batched and works on any device.
@@ -18,7 +20,7 @@ class RewardSpec:
     ``correct`` for a label still in the remaining multiset (which then loses one copy),
     ``wrong`` for any other label, ``stop_correct`` for STOP once nothing remains, and
     STOP with objects left costs ``early_stop_cost`` per object left unnamed (a plain -1
-    lets the policy learn to stop at once; see docs/references.md).
+    lets the policy learn to stop at once; see docs/model.md).
     """
 
     correct: float = 1.0
@@ -145,3 +147,37 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
         running = rewards[:, t] + gamma * running
         returns[:, t] = running
     return returns * mask
+
+
+def attended_mass(attention_masks: Tensor, class_density: Tensor) -> Tensor:
+    """Mass ``(B, ..., K)`` of each class's density ``(B, K, h, w)`` under attention masks
+    ``(B, ..., h*w)``, detached: how much of each class a step looks at."""
+    return torch.einsum("b...n,bkn->b...k", attention_masks.detach(), class_density.detach().flatten(2))
+
+
+def unnamed_attended(attended: Tensor, remaining: Tensor) -> Tensor:
+    """The attention reward's term ``(B, T)``: density of the classes still unnamed under the
+    step's mask (``attended (B, T, K)``, :func:`attended_mass`), in objects, at most 1."""
+    return (attended * (remaining > 0)).sum(-1).clamp(max=1.0)
+
+
+def named_density(class_density: Tensor, labels: Tensor, cells: Tensor, remaining: Tensor) -> Tensor:
+    """The glimpse reward's term ``(B, T)``: density of each step's emitted class (``labels
+    (B, T)``) at its cell (``cells (B, T)``, the final glimpse's), where that label was still
+    unnamed (``remaining (B, T, K)`` before the step); at most 1, zero for STOP, detached."""
+    _, num_classes, height, width = class_density.shape
+    label = labels.clamp(max=num_classes - 1)  # STOP reads class K-1, then is masked out
+    cell = label * (height * width) + cells  # (B, T) into the flat (K * h * w) densities
+    value = class_density.detach().flatten(1).gather(1, cell)
+    unnamed = remaining.gather(-1, label[..., None]).squeeze(-1) > 0
+    return (value * (unnamed & (labels < num_classes))).clamp(max=1.0)
+
+
+def location_reward(label_reward: Tensor, shaping: dict[str, tuple[float, Tensor]]) -> Tensor:
+    """The reward ``(B, T)`` of a meta step's location decisions: its label's reward (sampled
+    or expected) plus each weighted shaping term ``name: (weight, term (B, T))`` with a weight."""
+    reward = label_reward
+    for weight, term in shaping.values():
+        if weight:
+            reward = reward + weight * term
+    return reward

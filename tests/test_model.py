@@ -38,9 +38,9 @@ def test_episode_shapes():
 @pytest.mark.parametrize("label_loss", ["multiset", "reinforce"])
 @pytest.mark.parametrize("learn_attention", [False, True])
 def test_every_parameter_gets_a_finite_gradient(label_loss, learn_attention):
-    policy = small_policy(learn_attention=learn_attention)
-    images, counts = batch()
     obj = GlimpseObjective(label_loss=label_loss)
+    policy = small_policy(learn_attention=learn_attention, num_values=obj.num_values)
+    images, counts = batch()
     ep = policy(images, obj.num_steps(counts, 4), label_mode=obj.label_mode)
     obj(ep, counts)["loss"].backward()
     for name, p in policy.named_parameters():
@@ -67,6 +67,60 @@ def test_location_policies_learn_from_the_reinforce_term_alone(detach_saliency):
     assert (g is not None and g.abs().sum() > 0) == (not detach_saliency)
     for name in ("value.0.weight", "controller.classifier.2.weight"):
         assert grads[name] is None or grads[name].abs().sum() == 0, f"{name} must not get policy gradient"
+
+
+@pytest.mark.parametrize("label_loss", ["multiset", "reinforce"])
+def test_detached_saliency_gets_no_policy_gradient_with_read_density_on(label_loss):
+    # the glimpses read the per-class densities: detached, no REINFORCE or entropy gradient may reach the
+    # saliency head through them (nor through the location keys computed from them)
+    grads = {}
+    for detach in (True, False):
+        obj = GlimpseObjective(label_loss=label_loss)
+        policy = small_policy(detach_saliency=detach, read_density=True, num_values=obj.num_values)
+        images, counts = batch()
+        ep = policy(images, obj.num_steps(counts, 4), label_mode=obj.label_mode)
+        out = obj(ep, counts)
+        policy_loss = out["location_loss"] - obj.entropy_weight * out["entropy"]
+        if label_loss == "reinforce":
+            policy_loss = policy_loss + out["label_loss"]
+        names = [n for n, _ in policy.named_parameters()]
+        grads[detach] = dict(zip(names, torch.autograd.grad(policy_loss, list(policy.parameters()), allow_unused=True)))
+    for name in ("saliency.net.0.weight", "saliency.net.2.weight"):
+        g = grads[True][name]
+        assert g is None or g.abs().sum() == 0, f"{name} gets policy gradient with detach_saliency on"
+        assert grads[False][name] is not None and grads[False][name].abs().sum() > 0, name
+    assert grads[True]["backbone.features.0.weight"].abs().sum() > 0  # the policy still trains the backbone it reads
+
+
+def test_zero_glimpses_train_a_finite_loss():
+    # k = 0: the meta step alone; no glimpse entropies to average (an empty mean was NaN)
+    policy = small_policy(k=0)
+    images, counts = batch()
+    obj = GlimpseObjective()
+    ep = policy(images, obj.num_steps(counts, 4))
+    assert ep.glimpse_entropy.shape[-1] == 0 and torch.equal(ep.location_entropy(), ep.meta_entropy)
+    out = obj(ep, counts)
+    assert all(torch.isfinite(v) for v in out.values()), {k: float(v) for k, v in out.items()}
+    out["loss"].backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in policy.parameters())
+    # with k glimpses the entropy is the meta entropy plus every glimpse's, as the log-probabilities are summed
+    ep = small_policy(k=3)(images, 2)
+    assert torch.allclose(ep.location_entropy(), ep.meta_entropy + ep.glimpse_entropy.sum(-1))
+
+
+def test_stop_head_decides_termination_and_training_rollouts_run_on():
+    policy = small_policy(stop_head=True).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        policy.stop.bias.fill_(-100.0)  # never stop
+        ep = policy(images, 3, location_mode="greedy", label_mode="greedy")
+        assert ep.stop_logits.shape == (6, 3) and (ep.labels < 10).all()  # labels among the classes only
+        policy.stop.bias.fill_(100.0)  # stop at once
+        ep = policy(images, 3, location_mode="greedy", label_mode="greedy")
+        assert (ep.labels == 10).all()
+        ep = policy(images, 3, location_mode="greedy", label_mode="greedy", head_stops=False)
+        assert (ep.labels < 10).all()  # training rollouts: the head is taught by its loss, it never ends them
+    assert small_policy().stop is None and small_policy().eval()(images, 2).stop_logits is None
 
 
 def test_replay_reproduces_a_sampled_episode():

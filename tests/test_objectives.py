@@ -1,6 +1,8 @@
 """The objectives on hand-worked episodes: multiset loss with roll-in, REINFORCE terms."""
+import dataclasses
 import math
 
+import pytest
 import torch
 
 from glimpse.models.policy import Episode
@@ -9,7 +11,7 @@ from glimpse.objectives import GlimpseObjective
 K = 2  # two classes; index 2 is STOP
 
 
-def episode(label_logits, labels, values=None, meta_logp=None):
+def episode(label_logits, labels, values=None, meta_logp=None, label_values=None, stop_logits=None):
     b, t, _ = label_logits.shape
     z = torch.zeros(b, t)
     return Episode(
@@ -19,6 +21,7 @@ def episode(label_logits, labels, values=None, meta_logp=None):
         glimpse_locations=torch.zeros(b, t, 0, dtype=torch.long), glimpse_logp=torch.zeros(b, t, 0),
         glimpse_entropy=torch.zeros(b, t, 0), label_logits=label_logits, labels=labels,
         values=z if values is None else values, grid=(3, 3),
+        label_values=z if label_values is None else label_values, stop_logits=stop_logits,
     )
 
 
@@ -46,7 +49,7 @@ def test_reinforce_label_loss_uses_discounted_advantage():
     logits = torch.zeros(1, 3, 3, requires_grad=True)
     values = torch.tensor([[0.5, 0.0, 0.0]])
     obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", gamma=0.5, count_weight=0.0, entropy_weight=0.0)
-    out = obj(episode(logits, torch.tensor([[0, 1, 2]]), values=values), torch.tensor([[0, 1]]))
+    out = obj(episode(logits, torch.tensor([[0, 1, 2]]), label_values=values), torch.tensor([[0, 1]]))
     returns = [-1 + 0.5 * (1 + 0.5 * 1), 1 + 0.5 * 1, 1.0]
     adv = [returns[0] - 0.5, returns[1], returns[2]]
     expected = -sum(a * math.log(1 / 3) for a in adv) / 3
@@ -122,7 +125,6 @@ def test_attention_reward_pays_for_unnamed_density_under_the_mask():
 
 
 # -- objective variants (issue 6) -------------------------------------------------------------------
-import pytest  # noqa: E402
 
 from glimpse import multiset  # noqa: E402
 from glimpse.objectives import OracleRollIn  # noqa: E402
@@ -226,20 +228,64 @@ def test_returns_with_gamma_and_the_batch_mean_baseline():
     assert torch.allclose(returns, torch.tensor([g0, g1]))
 
 
-def test_self_critical_advantage_is_sampled_minus_greedy_return():
-    # target {1}; sampled 0 (wrong), 1, STOP: rewards -1, +1, +1; greedy 1, STOP: +1, +1, then ended (0)
+def test_self_critical_advantage_is_the_episode_reward_minus_the_greedy_episode_reward():
+    # target {1}, two steps, gamma 0.5 (the episode-level reward is the plain sum, whatever gamma).
+    # sampled: 0 (wrong, -1), then 1 (right, +1): episode reward 0.
+    # greedy: 1 (right, +1), then STOP (right, +1): episode reward 2.
+    # every step of the sampled episode gets advantage 0 - 2 = -2 (not -1 - 1 and 1 - 1 by step index)
     targets = torch.tensor([[0, 1]])
-    obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", baseline="self_critical",
+    obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", baseline="self_critical", gamma=0.5,
                            count_weight=0.0, peak_weight=0.0, entropy_weight=0.0)
-    greedy = obj.returns(episode(torch.zeros(1, 3, 3), torch.tensor([[1, 2, 2]])), targets)
-    assert greedy["label_returns"].tolist() == [[1.0, 1.0, 0.0]]
-    meta_logp = torch.tensor([[-1.0, -2.0, -3.0]])
-    out = obj(episode(torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]]), meta_logp=meta_logp), targets, greedy=greedy)
-    advantage = [-1 - 1, 1 - 1, 1 - 0]
-    assert math.isclose(out["label_loss"].item(), -sum(advantage) * math.log(1 / 3) / 3, rel_tol=1e-6)
-    assert math.isclose(out["location_loss"].item(), -(-2 * -1.0 + 0 + 1 * -3.0) / 3, rel_tol=1e-6)
+    greedy = obj.returns(episode(torch.zeros(1, 2, 3), torch.tensor([[1, 2]])), targets)
+    assert greedy["episode_label_reward"].tolist() == [2.0] and greedy["episode_reward"].tolist() == [2.0]
+    meta_logp = torch.tensor([[-1.0, -2.0]])
+    out = obj(episode(torch.zeros(1, 2, 3), torch.tensor([[0, 1]]), meta_logp=meta_logp), targets, greedy=greedy)
+    assert math.isclose(out["label_loss"].item(), -(-2 - 2) * math.log(1 / 3) / 2, rel_tol=1e-6)
+    assert math.isclose(out["location_loss"].item(), -(-2 * -1.0 + -2 * -2.0) / 2, rel_tol=1e-6)
     with pytest.raises(ValueError, match="self_critical"):
-        obj(episode(torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]])), targets)
+        obj(episode(torch.zeros(1, 2, 3), torch.tensor([[0, 1]])), targets)
+
+
+def test_label_and_location_returns_have_their_own_learned_baselines():
+    # target {1}; sampled 1 then STOP: label rewards +1, +1 (gamma 0); the location reward adds the
+    # glimpse reward's density, so the two returns differ and each is learned by its own value output
+    logits = torch.zeros(1, 2, 3, requires_grad=True)
+    ep = episode(logits, torch.tensor([[1, 2]]), values=torch.tensor([[3.0, 3.0]]), label_values=torch.tensor([[0.25, 0.5]]))
+    ep.class_density[0, 1, 0, 0] = 0.5  # class 1 at the glimpse cell 0: glimpse reward 0.5 at step 0
+    obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", glimpse_reward=1.0,
+                           count_weight=0.0, peak_weight=0.0, entropy_weight=0.0)
+    out = obj(ep, torch.tensor([[0, 1]]))
+    label_adv = [1 - 0.25, 1 - 0.5]  # the label return against the label baseline, not against 3.0
+    assert math.isclose(out["label_loss"].item(), -sum(label_adv) * math.log(1 / 3) / 2, rel_tol=1e-6)
+    location_returns = [1.5, 1.0]
+    value_loss = ((1.5 - 3) ** 2 + (1 - 3) ** 2) / 2 + ((1 - 0.25) ** 2 + (1 - 0.5) ** 2) / 2
+    assert math.isclose(out["value_loss"].item(), value_loss, rel_tol=1e-6)
+    assert math.isclose(out["advantage"].item(), sum(r - 3 for r in location_returns) / 2, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="value output"):
+        obj(dataclasses.replace(ep, label_values=None), torch.tensor([[0, 1]]))
+
+
+def test_stop_head_is_taught_to_stop_at_step_size_plus_one_even_after_a_mistake():
+    # target {0, 1}; greedy roll-in 0 (right), 0 (wrong), then the |Y|+1-th step.
+    # Termination by label: after the mistake the 1 is still left, so the third step is taught the label 1.
+    # Termination by the stop head: the labels are taught on the first |Y| = 2 steps only, and the head
+    # is taught "go on, go on, stop" on steps 0..2 (binary cross entropy), whatever was rolled in.
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]]])
+    labels, targets = torch.tensor([[0, 0, 1]]), torch.tensor([[1, 1]])
+    by_label = GlimpseObjective(count_weight=0.0, peak_weight=0.0)(episode(logits, labels), targets)
+    assert math.isclose(by_label["label_loss"].item(),
+                        (math.log(math.e**2 + 2) - 1.0 + math.log(math.e + 2) + math.log(2 + math.e**3)) / 3, rel_tol=1e-5)
+    stop = torch.tensor([[-1.0, 0.5, 2.0]])
+    out = GlimpseObjective(count_weight=0.0, peak_weight=0.0, termination="head")(
+        episode(logits, labels, stop_logits=stop), targets)
+    assert math.isclose(out["label_loss"].item(), (math.log(math.e**2 + 2) - 1.0 + math.log(math.e + 2)) / 2, rel_tol=1e-5)
+    bce = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5)) + math.log1p(math.exp(-2.0))) / 3
+    assert math.isclose(out["stop_loss"].item(), bce, rel_tol=1e-5)
+    assert math.isclose(out["loss"].item(), out["label_loss"].item() + bce + out["location_loss"].item()
+                        + 0.5 * out["value_loss"].item() - 0.01 * out["entropy"].item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match="stop head"):
+        GlimpseObjective(termination="head")(episode(logits, labels), targets)
+    assert GlimpseObjective(termination="head", label_loss="reinforce").num_steps(targets, 9) == 3
 
 
 def test_binary_versus_signed_rewards():
@@ -266,17 +312,17 @@ def batch_with_boxes():
 def test_sequence_order_spatial_and_area_by_hand():
     batch = batch_with_boxes()
     # spatial: centres (25, 5), (10, 22.5), (6, 8): rows 5, 8, 22 -> labels 1, 1, 0
-    spatial = GlimpseObjective(label_loss="sequence", sequence_order="spatial").label_sequence(batch)
+    spatial = GlimpseObjective(label_loss="sequence", sequence_order="spatial").labels.sequence(batch)
     assert spatial.tolist() == [[1, 1, 0, 2], [0, 2, 2, 2]]
     # area: 300, 144, 100 -> labels 0, 1 (medium), 1 (small)
-    area = GlimpseObjective(label_loss="sequence", sequence_order="area").label_sequence(batch)
+    area = GlimpseObjective(label_loss="sequence", sequence_order="area").labels.sequence(batch)
     assert area.tolist() == [[0, 1, 1, 2], [0, 2, 2, 2]]
     # random: a permutation of the labels, the same every call, another one for some seed
-    orders = {tuple(GlimpseObjective(label_loss="sequence", sequence_seed=s).label_sequence(batch)[0].tolist())
+    orders = {tuple(GlimpseObjective(label_loss="sequence", sequence_seed=s).labels.sequence(batch)[0].tolist())
               for s in range(8)}
     assert all(sorted(o[:3]) == [0, 1, 1] and o[3] == 2 for o in orders) and len(orders) > 1
     obj = GlimpseObjective(label_loss="sequence", sequence_seed=3)
-    assert torch.equal(obj.label_sequence(batch), obj.label_sequence(batch))
+    assert torch.equal(obj.labels.sequence(batch), obj.labels.sequence(batch))
 
 
 def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
@@ -284,7 +330,7 @@ def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
     obj = GlimpseObjective(label_loss="sequence", sequence_order="area", count_weight=0.0)
     steps = obj.num_steps(batch["counts"], 9)
     assert steps == 4
-    forced = obj.roll_in_args(batch, steps)["actions"]["labels"]
+    forced = obj.roll_in_args(batch, steps)["label_roll_in"].labels
     logits = torch.zeros(2, 4, 3)
     logits[0, 0, 0] = 2.0  # right at step 0 of image 0
     out = obj(episode(logits, forced), batch["counts"], batch)
@@ -292,7 +338,7 @@ def test_sequence_loss_is_cross_entropy_against_the_fixed_order():
     ce = [math.log(math.e**2 + 2) - 2] + [math.log(3)] * 5
     assert math.isclose(out["label_loss"].item(), sum(ce) / 6, rel_tol=1e-6)
     with pytest.raises(ValueError, match="boxes"):
-        obj.label_sequence({"labels": batch["labels"], "counts": batch["counts"]})
+        obj.labels.sequence({"labels": batch["labels"], "counts": batch["counts"]})
 
 
 def test_box_reward_pays_a_glimpse_in_an_unclaimed_box_of_the_emitted_label():
@@ -309,8 +355,6 @@ def test_box_reward_pays_a_glimpse_in_an_unclaimed_box_of_the_emitted_label():
 
 
 def test_glimpse_reward_pays_the_emitted_class_density_at_the_final_glimpse_cell():
-    from glimpse.objectives import named_density
-
     # targets {0, 1}; steps emit 0, 0 (already named), 1, STOP; one glimpse per step
     ep = episode(torch.zeros(1, 4, 3), torch.tensor([[0, 0, 1, 2]]))
     ep.glimpse_locations = torch.tensor([[[4], [4], [2], [4]]])
@@ -318,11 +362,11 @@ def test_glimpse_reward_pays_the_emitted_class_density_at_the_final_glimpse_cell
     ep.class_density[0, 0].view(-1)[4] = 0.75
     ep.class_density[0, 1].view(-1)[2] = 3.0  # more than one object's worth: capped at 1
     remaining = multiset.rollout(torch.tensor([[1, 1]]), ep.labels)["remaining_before"]
-    assert named_density(ep, remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
+    assert multiset.named_density(ep.class_density, ep.labels, ep.step_locations()[..., -1], remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
     # without glimpses (k = 0) the meta cell is the step's location
     ep.glimpse_locations = torch.zeros(1, 4, 0, dtype=torch.long)
     ep.meta_locations = torch.tensor([[4, 4, 2, 4]])
-    assert named_density(ep, remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
+    assert multiset.named_density(ep.class_density, ep.labels, ep.step_locations()[..., -1], remaining).tolist() == [[0.75, 0.0, 1.0, 0.0]]
     obj = GlimpseObjective(count_weight=0.0, peak_weight=0.0, location_reward="sampled", glimpse_reward=2.0)
     out = obj(ep, torch.tensor([[1, 1]]))
     # scored steps 0..2 (|Y| = 2, then the termination step): rewards 1 + 1.5, -1 + 0, 1 + 2

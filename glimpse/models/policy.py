@@ -13,6 +13,9 @@ Data flow for one image batch, ``T`` meta steps, ``k`` glimpses each:
                          then one classification step: label logits over C classes + STOP
 
 All of it is batched; the only Python loops are over the T meta steps and k glimpses.
+:meth:`GlimpsePolicy.rollout` makes the decisions (sampled or greedy, labels optionally rolled
+in from outside); :meth:`GlimpsePolicy.replay` replays recorded decisions, and
+:meth:`GlimpsePolicy.replay_labels` only what the label logits depend on.
 """
 from __future__ import annotations
 
@@ -46,10 +49,12 @@ class Episode:
     glimpse_entropy: Tensor  # (B, T, k)
     label_logits: Tensor  # (B, T, K + 1); index K is STOP
     labels: Tensor  # (B, T) emitted label or STOP
-    values: Tensor  # (B, T) learned baseline of the step's reward, from detached state
+    values: Tensor  # (B, T) learned baseline of the step's location return, from detached state
     grid: tuple[int, int]  # (h, w)
     priority_maps: Tensor | None = None  # (B, T, k, h*w) logits, only when record=True
     cell_stride: int | None = None  # pixels per cell of the backbone (cell j centred at pixel stride*j); None: even split
+    label_values: Tensor | None = None  # (B, T) learned baseline of the label return (a second value output), or None
+    stop_logits: Tensor | None = None  # (B, T) logit of the stop head (termination by a separate head), or None
 
     def actions(self) -> dict[str, Tensor]:
         """The discrete decisions, for replaying the same episode (attribution, env)."""
@@ -64,7 +69,14 @@ class Episode:
         return self.meta_logp + self.glimpse_logp.sum(-1)
 
     def location_entropy(self) -> Tensor:
-        return self.meta_entropy + self.glimpse_entropy.mean(-1)
+        """Entropy ``(B, T)`` of each meta step's location decisions: the meta-controller's plus
+        each glimpse's, summed as their log-probabilities are (zero glimpses add nothing)."""
+        return self.meta_entropy + self.glimpse_entropy.sum(-1)
+
+
+MODES = ("sample", "greedy")
+# a label roll-in: (attention_mask (B, h*w), class_density (B, K, h, w)) -> the step's labels (B,)
+LabelRollIn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _choose(logits: Tensor, mode: str, forced: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,6 +89,44 @@ def _choose(logits: Tensor, mode: str, forced: Tensor | None) -> tuple[Tensor, T
     else:
         action = logits.argmax(-1)
     return action.detach(), dist.log_prob(action), dist.entropy()
+
+
+class ForcedLabels:
+    """A label roll-in that emits given labels ``(B, T)`` step after step (teacher forcing)."""
+
+    def __init__(self, labels: Tensor) -> None:
+        self.labels, self.t = labels, 0
+
+    def __call__(self, attention_mask: Tensor, class_density: Tensor) -> Tensor:
+        label = self.labels[:, self.t]
+        self.t += 1
+        return label
+
+
+@dataclass
+class _Decisions:
+    """How one rollout picks its actions: per step ``t`` (and glimpse ``j``), a forced action or None."""
+
+    location_mode: str = "greedy"
+    label_mode: str = "greedy"
+    actions: dict[str, Tensor] | None = None
+    label_roll_in: LabelRollIn | None = None
+    head_stops: bool = True
+
+    def forced(self, key: str, *index: int) -> Tensor | None:
+        value = (self.actions or {}).get(key)
+        return None if value is None else value[(slice(None), *index)]
+
+
+@dataclass
+class _Encoded:
+    """What every step reads: the image's features, keys and saliency outputs."""
+
+    saliency_map: Tensor  # (B, h, w)
+    class_density: Tensor  # (B, K, h, w)
+    features: Tensor  # (B, h*w, C) activations (and, with read_density, the densities)
+    keys: Tensor | None  # (B, h*w, D) the location keys; None when no location is chosen
+    grid: tuple[int, int]
 
 
 class MetaController(nn.Module):
@@ -101,6 +151,14 @@ class MetaController(nn.Module):
         bias = torch.bmm(keys, self.query(h)[:, :, None]).squeeze(-1) / math.sqrt(self.key_dim)
         return torch.log(saliency + _EPS) / self.temperature + bias
 
+    def forward(
+        self, summary: Tensor, previous_label: Tensor, log_mass: Tensor, state: tuple[Tensor, Tensor], keys: Tensor,
+        saliency: Tensor,
+    ) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """One meta step: the new state and the location logits ``(B, h*w)``."""
+        h, c = self.cell(torch.cat([summary, previous_label, log_mass], -1), state)
+        return (h, c), self.location_logits(h, keys, saliency)
+
 
 class Interface(nn.Module):
     """From the attention mask and the controller state: initial glimpse vector and priority map."""
@@ -124,6 +182,8 @@ class Interface(nn.Module):
         bias = torch.bmm(keys, self.query(h_ctrl)[:, :, None]).squeeze(-1) / math.sqrt(self.key_dim)
         return torch.log(mask + _EPS) / self.temperature + bias
 
+    forward = priority_map
+
 
 class Controller(nn.Module):
     """Recurrent: takes k glimpses, then one classification step (a label or STOP)."""
@@ -137,9 +197,27 @@ class Controller(nn.Module):
             nn.Linear(hidden + feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes + 1)
         )
 
+    def glimpse(
+        self, features: Tensor, location: Tensor, g0: Tensor, log_mass: Tensor, state: tuple[Tensor, Tensor],
+        grid: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """One glimpse: a Gaussian read at ``location``, one controller step; the new state."""
+        glimpse = self.read(features, location, *grid)
+        return self.cell(torch.cat([glimpse, g0, log_mass], -1), state)
+
+    def forward(self, g0: Tensor, log_mass: Tensor, state: tuple[Tensor, Tensor]) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """The classification step (the (k+1)-th, reading the attended region as a whole): the new
+        state and the label logits ``(B, K + 1)`` (index K is STOP)."""
+        h, c = self.cell(torch.cat([g0, g0, log_mass], -1), state)
+        return (h, c), self.classifier(torch.cat([h, g0], -1))
+
 
 class GlimpsePolicy(nn.Module):
-    """The whole model: backbone, saliency model, meta-controller, interface, controller."""
+    """The whole model: backbone, saliency model, meta-controller, interface, controller.
+
+    ``stop_head`` adds a termination head (a logit per step; see :meth:`rollout`);
+    ``num_values`` is 2 when the label return needs its own learned baseline.
+    """
 
     def __init__(
         self,
@@ -157,6 +235,8 @@ class GlimpsePolicy(nn.Module):
         detach_saliency: bool = True,
         learn_attention: bool = False,
         glimpse_temperature: float = 1.0,
+        stop_head: bool = False,
+        num_values: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -178,8 +258,14 @@ class GlimpsePolicy(nn.Module):
         )
         self.interface = Interface(hidden, key_dim, glimpse_temperature)
         self.controller = Controller(feature_dim, hidden, num_classes, glimpse_sigma)
-        self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        if num_values not in (1, 2):
+            raise ValueError(f"num_values must be 1 (location return) or 2 (location and label returns), got {num_values}")
+        # value head on detached state: the baseline of the location return, and with num_values=2 of the label return
+        self.value = nn.Sequential(nn.Linear(2 * hidden + 1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_values))
+        # termination by a separate head (the 2018 authors' code): a logit per step, STOP where it is > 0
+        self.stop = nn.Linear(hidden + feature_dim, 1) if stop_head else None
 
+    # -- the modes ------------------------------------------------------------------------------------
     def forward(
         self,
         image: Tensor,
@@ -188,91 +274,163 @@ class GlimpsePolicy(nn.Module):
         label_mode: str = "greedy",
         actions: dict[str, Tensor] | None = None,
         record: bool = False,
-        label_roll_in: Callable[[Tensor, Tensor], Tensor] | None = None,
+        label_roll_in: LabelRollIn | None = None,
         labels_only: bool = False,
+        head_stops: bool = True,
     ) -> Episode:
-        """Roll out ``num_steps`` meta steps on a batch; ``actions`` replays recorded decisions.
-
-        ``label_roll_in(attention_mask (B, h*w), class_density (B, K, h, w)) -> labels (B,)``,
-        when given, picks each step's label instead of the model (oracle roll-in).
-        ``labels_only``: with every location forced by ``actions``, compute only what the label
-        logits depend on (the meta-controller's state, the value and the location policies'
-        log-probabilities do not feed them; those fields are zeros). For replays that score labels.
-        """
+        """:meth:`rollout`, or with ``actions`` (every decision recorded) :meth:`replay` /
+        :meth:`replay_labels` (``labels_only``); ``actions`` with only ``labels`` rolls them in."""
         for name, mode in (("location_mode", location_mode), ("label_mode", label_mode)):
-            if mode not in ("sample", "greedy"):
+            if mode not in MODES:
                 raise ValueError(f"{name} must be 'sample' or 'greedy', got {mode!r}")
         actions = actions or {}
-        if labels_only and not {"meta_locations", "glimpse_locations"} <= set(actions):
+        if labels_only:
+            return self.replay_labels(image, num_steps, actions, record=record)
+        if {"meta_locations", "glimpse_locations"} & set(actions):
+            return self.replay(image, num_steps, actions, record=record)
+        if "labels" in actions:
+            label_roll_in = ForcedLabels(actions["labels"])
+        return self.rollout(image, num_steps, location_mode, label_mode, label_roll_in, record, head_stops)
+
+    def rollout(
+        self, image: Tensor, num_steps: int, location_mode: str = "sample", label_mode: str = "greedy",
+        label_roll_in: LabelRollIn | None = None, record: bool = False, head_stops: bool = True,
+    ) -> Episode:
+        """Roll out ``num_steps`` meta steps on a batch, every decision sampled or greedy.
+
+        ``label_roll_in``, when given, picks each step's label instead of the model (oracle
+        roll-in, teacher forcing). With a stop head, the labels are chosen among the classes, and
+        where the head's logit is > 0 the step emits STOP instead (``head_stops``; training turns it
+        off: its episodes run |Y| + 1 steps and the head is taught by its own loss).
+        """
+        return self._unroll(image, num_steps, _Decisions(location_mode, label_mode, None, label_roll_in, head_stops), record)
+
+    def replay(self, image: Tensor, num_steps: int, actions: dict[str, Tensor], record: bool = False) -> Episode:
+        """The episode of recorded decisions ``actions`` (:meth:`Episode.actions`): the same
+        locations and labels, their log-probabilities and entropies under the model now."""
+        missing = sorted({"meta_locations", "glimpse_locations", "labels"} - set(actions))
+        if missing:
+            raise ValueError(f"a replay needs every decision recorded; actions lack {missing}")
+        return self._unroll(image, num_steps, _Decisions(actions=actions), record)
+
+    def replay_labels(self, image: Tensor, num_steps: int, actions: dict[str, Tensor], record: bool = False) -> Episode:
+        """A replay that computes only what the label logits depend on: with every location
+        forced, the meta-controller's state, the value and the location policies' log-probabilities
+        do not feed them; those fields are zeros. For replays that score labels."""
+        if not {"meta_locations", "glimpse_locations"} <= set(actions):
             raise ValueError("labels_only needs the locations forced: actions with meta_locations and glimpse_locations")
+        enc = self._encode(image, with_keys=False)
+        batch = image.shape[0]
+        ctrl = (image.new_zeros(batch, self.controller.cell.hidden_size),) * 2
+        saliency = enc.saliency_map.flatten(1)
+        rec: dict[str, list[Tensor]] = {}
+        for t in range(num_steps):
+            seen = saliency.detach() if self.meta.detach_saliency else saliency
+            mass = seen.sum(-1, keepdim=True)
+            log_mass = torch.log1p(mass)
+            loc = actions["meta_locations"][:, t]
+            zeros = mass.new_zeros(batch)
+            mask = self.meta.attention(loc, *enc.grid)
+            g0 = self.interface.initial_glimpse(mask, enc.features)
+            g_locs = []
+            for j in range(self.num_glimpses):
+                g_loc = actions["glimpse_locations"][:, t, j]
+                ctrl = self.controller.glimpse(enc.features, g_loc, g0, log_mass, ctrl, enc.grid)
+                g_locs.append(g_loc)
+            ctrl, label_logits = self.controller(g0, log_mass, ctrl)
+            label = actions["labels"][:, t] if "labels" in actions else label_logits.argmax(-1)
+            _keep(rec, meta_locations=loc, meta_logp=zeros, meta_entropy=zeros, attention_masks=mask,
+                  saliency_mass=mass.squeeze(-1), label_logits=label_logits, labels=label, values=zeros,
+                  **_glimpse_fields(g_locs, [zeros] * len(g_locs), [zeros] * len(g_locs), batch, image))
+            if record:
+                _keep(rec, priority_maps=image.new_zeros(batch, self.num_glimpses, mask.shape[-1]))
+            saliency = saliency * (1 - mask)
+        return self._episode(enc, rec)
+
+    # -- the parts --------------------------------------------------------------------------------
+    def _encode(self, image: Tensor, with_keys: bool = True) -> _Encoded:
         activations = self.backbone(image)  # (B, C, h, w)
         saliency_map, class_density = self.saliency(activations)
-        batch, _, height, width = activations.shape
+        height, width = activations.shape[-2:]
         if self.read_density:
-            activations = torch.cat([activations, class_density], 1)  # (B, C + K, h, w)
+            # detached, neither the location nor the label decisions train the saliency model through what they read
+            density = class_density.detach() if self.meta.detach_saliency else class_density
+            activations = torch.cat([activations, density], 1)  # (B, C + K, h, w)
         features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        keys = None if labels_only else self.keys(features)  # (B, h*w, D)
+        keys = self.keys(features) if with_keys else None  # (B, h*w, D)
+        return _Encoded(saliency_map, class_density, features, keys, (height, width))
+
+    def _label(self, label_logits: Tensor, stop_logit: Tensor | None, mask: Tensor, class_density: Tensor,
+               decide: _Decisions, t: int) -> Tensor:
+        """The step's label: forced (replay), rolled in, or chosen; with a stop head, among the classes."""
+        forced = decide.forced("labels", t)
+        if forced is None and decide.label_roll_in is not None:
+            forced = decide.label_roll_in(mask, class_density)
+        if forced is not None:
+            return forced
+        if stop_logit is None:
+            return _choose(label_logits, decide.label_mode, None)[0]
+        label = _choose(label_logits[:, : self.num_classes], decide.label_mode, None)[0]
+        return torch.where(stop_logit > 0, self.num_classes, label) if decide.head_stops else label
+
+    def _unroll(self, image: Tensor, num_steps: int, decide: _Decisions, record: bool) -> Episode:
+        enc = self._encode(image)
+        batch = image.shape[0]
         hidden = self.meta.cell.hidden_size
-        h_meta = c_meta = image.new_zeros(batch, hidden)
-        h_ctrl = c_ctrl = image.new_zeros(batch, self.controller.cell.hidden_size)
-        summary = image.new_zeros(batch, features.shape[-1])
+        meta_state = (image.new_zeros(batch, hidden),) * 2
+        ctrl = (image.new_zeros(batch, self.controller.cell.hidden_size),) * 2
+        summary = image.new_zeros(batch, enc.features.shape[-1])
         prev_label = torch.full((batch,), self.num_classes + 1, dtype=torch.long, device=image.device)
-        saliency = saliency_map.flatten(1)  # (B, h*w), inhibited step by step
+        saliency = enc.saliency_map.flatten(1)  # (B, h*w), inhibited step by step
         rec: dict[str, list[Tensor]] = {}
-
-        def keep(**items: Tensor) -> None:
-            for key, value in items.items():
-                rec.setdefault(key, []).append(value)
-
         for t in range(num_steps):
             # what the meta-controller sees of the map; detached, the map learns from its own losses only
             seen = saliency.detach() if self.meta.detach_saliency else saliency
             mass = seen.sum(-1, keepdim=True)
             log_mass = torch.log1p(mass)
-            forced = actions.get("meta_locations")
-            if labels_only:
-                loc = forced[:, t]
-                loc_logp = loc_ent = value = mass.new_zeros(batch)
-            else:
-                h_meta, c_meta = self.meta.cell(torch.cat([summary, self.label_embedding(prev_label), log_mass], -1),
-                                                (h_meta, c_meta))
-                value = self.value(torch.cat([h_meta, h_ctrl, log_mass], -1).detach()).squeeze(-1)
-                loc_logits = self.meta.location_logits(h_meta, keys, seen)
-                loc, loc_logp, loc_ent = _choose(loc_logits, location_mode, None if forced is None else forced[:, t])
-            mask = self.meta.attention(loc, height, width)  # (B, h*w)
-            g0 = self.interface.initial_glimpse(mask, features)  # (B, C)
+            meta_state, loc_logits = self.meta(summary, self.label_embedding(prev_label), log_mass, meta_state, enc.keys, seen)
+            value = self.value(torch.cat([meta_state[0], ctrl[0], log_mass], -1).detach())  # (B, num_values)
+            loc, loc_logp, loc_ent = _choose(loc_logits, decide.location_mode, decide.forced("meta_locations", t))
+            mask = self.meta.attention(loc, *enc.grid)  # (B, h*w)
+            g0 = self.interface.initial_glimpse(mask, enc.features)  # (B, C)
 
             g_locs, g_logps, g_ents, prios = [], [], [], []
             for j in range(self.num_glimpses):
-                forced = actions.get("glimpse_locations")
-                if labels_only:
-                    g_loc, g_logp, g_ent, prio = forced[:, t, j], loc_logp, loc_ent, mask.new_zeros(mask.shape)
-                else:
-                    prio = self.interface.priority_map(mask, keys, h_ctrl)
-                    g_loc, g_logp, g_ent = _choose(prio, location_mode, None if forced is None else forced[:, t, j])
-                glimpse = self.controller.read(features, g_loc, height, width)
-                h_ctrl, c_ctrl = self.controller.cell(torch.cat([glimpse, g0, log_mass], -1), (h_ctrl, c_ctrl))
+                prio = self.interface(mask, enc.keys, ctrl[0])
+                g_loc, g_logp, g_ent = _choose(prio, decide.location_mode, decide.forced("glimpse_locations", t, j))
+                ctrl = self.controller.glimpse(enc.features, g_loc, g0, log_mass, ctrl, enc.grid)
                 g_locs.append(g_loc), g_logps.append(g_logp), g_ents.append(g_ent), prios.append(prio)
-            # classification step: the (k+1)-th controller step, reading the attended region as a whole
-            h_ctrl, c_ctrl = self.controller.cell(torch.cat([g0, g0, log_mass], -1), (h_ctrl, c_ctrl))
-            label_logits = self.controller.classifier(torch.cat([h_ctrl, g0], -1))
-            forced = actions.get("labels")
-            forced = forced[:, t] if forced is not None else None if label_roll_in is None else label_roll_in(mask, class_density)
-            label, _, _ = _choose(label_logits, label_mode, forced)
+            ctrl, label_logits = self.controller(g0, log_mass, ctrl)
+            stop_logit = None if self.stop is None else self.stop(torch.cat([ctrl[0], g0], -1)).squeeze(-1)
+            label = self._label(label_logits, stop_logit, mask, enc.class_density, decide, t)
 
-            empty = image.new_zeros(batch, 0)
-            keep(
-                meta_locations=loc, meta_logp=loc_logp, meta_entropy=loc_ent, attention_masks=mask, saliency_mass=mass.squeeze(-1),
-                glimpse_locations=torch.stack(g_locs, -1) if g_locs else empty.long(),
-                glimpse_logp=torch.stack(g_logps, -1) if g_logps else empty,
-                glimpse_entropy=torch.stack(g_ents, -1) if g_ents else empty,
-                label_logits=label_logits, labels=label, values=value,
-            )
+            _keep(rec, meta_locations=loc, meta_logp=loc_logp, meta_entropy=loc_ent, attention_masks=mask,
+                  saliency_mass=mass.squeeze(-1), label_logits=label_logits, labels=label, values=value[:, 0],
+                  **_glimpse_fields(g_locs, g_logps, g_ents, batch, image))
+            if value.shape[-1] > 1:
+                _keep(rec, label_values=value[:, 1])
+            if stop_logit is not None:
+                _keep(rec, stop_logits=stop_logit)
             if record:
-                keep(priority_maps=torch.stack(prios, 1) if prios else image.new_zeros(batch, 0, height * width))
+                _keep(rec, priority_maps=torch.stack(prios, 1) if prios else image.new_zeros(batch, 0, mask.shape[-1]))
             saliency = saliency * (1 - mask)  # inhibition of return
             summary, prev_label = g0, label
+        return self._episode(enc, rec)
 
+    def _episode(self, enc: _Encoded, rec: dict[str, list[Tensor]]) -> Episode:
         stacked = {key: torch.stack(values, 1) for key, values in rec.items()}
-        return Episode(saliency_map=saliency_map, class_density=class_density, grid=(height, width),
+        return Episode(saliency_map=enc.saliency_map, class_density=enc.class_density, grid=enc.grid,
                        cell_stride=getattr(self.backbone, "stride", None), **stacked)
+
+
+def _keep(rec: dict[str, list[Tensor]], **items: Tensor) -> None:
+    for key, value in items.items():
+        rec.setdefault(key, []).append(value)
+
+
+def _glimpse_fields(locations: list, logps: list, entropies: list, batch: int, like: Tensor) -> dict[str, Tensor]:
+    """The step's glimpse records ``(B, k)``, empty ``(B, 0)`` when ``k = 0``."""
+    empty = like.new_zeros(batch, 0)
+    return {"glimpse_locations": torch.stack(locations, -1) if locations else empty.long(),
+            "glimpse_logp": torch.stack(logps, -1) if logps else empty,
+            "glimpse_entropy": torch.stack(entropies, -1) if entropies else empty}
