@@ -19,7 +19,11 @@ from conftest import ROOT, run
 
 from glimpse.data.datamodule import SeededOrder
 from glimpse.module import load_checkpoint
-from glimpse.reliability import AtomicCheckpointIO, CpuBudget, FiniteGradients, LastCheckpoint, RunFault
+from glimpse.errors import RunFault
+from glimpse.training.checkpoint_io import AtomicCheckpointIO
+from glimpse.training.cpu_budget import CpuBudget
+from glimpse.training.finite_gradients import FiniteGradients
+from glimpse.training.last_checkpoint import LastCheckpoint
 
 # 4 optimiser steps per epoch, 2 epochs, last.ckpt after every step
 SMALL = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32", "model.policy.hidden=32",
