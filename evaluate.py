@@ -15,7 +15,8 @@ from glimpse.evaluation.heatmap_eval import resolve_methods
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.evaluation.stability import collect_maps, stability
 from glimpse.module import load_checkpoint
-from glimpse.run import ConfigError, command, instantiate_logger, record_run, resolve_checkpoint, user_errors, write_metrics
+from glimpse.run import (ConfigError, command, command_line_keys, data_from_checkpoint, instantiate_logger, record_run,
+                         resolve_checkpoint, user_errors, write_metrics)
 
 log = logging.getLogger("glimpse")
 
@@ -35,7 +36,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
     model = load_checkpoint(ckpt_path)
-    datamodule = instantiate(cfg.data)
+    # the channels and image size the model reads come from the checkpoint, unless given
+    datamodule = instantiate(data_from_checkpoint(cfg.data, model.hparams, command_line_keys()))
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
         datamodule.use_classes(model.class_names)
     model.check_classes(datamodule.class_names)

@@ -16,6 +16,7 @@ from glimpse.run import (command, declared_arguments, instantiate_logger, read_m
                          user_errors, write_metrics)
 from glimpse.training.checkpoint_io import AtomicCheckpointIO
 from glimpse.training.last_checkpoint import LastCheckpoint
+from glimpse.training.run_phase import RunPhase
 
 log = logging.getLogger("glimpse")
 
@@ -31,6 +32,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model, _recursive_=False, **declared_arguments(cfg.model._target_, offered))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))  # after ModelCheckpoint: its best is current
+    callbacks.append(RunPhase())  # an error once training runs is a fault of the run, not bad input
     # checkpoints are written atomically: a kill or a full disk mid-write keeps the previous one
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()])
     record_run(cfg)  # the input is checked: from here on the run dir holds the run

@@ -41,7 +41,7 @@ def command(hydra_main: Callable[[], Any]) -> None:
     try:
         hydra_main()
     except (HydraException, OmegaConfBaseException) as err:
-        if os.environ.get(_USER_FULL_ERROR):
+        if os.environ.get(_USER_FULL_ERROR) == "1":
             raise
         print(f"error: {hydra_message(err)}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
@@ -80,35 +80,38 @@ def user_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Run an entry point's task (under ``@hydra.main``). Bad input exits with code 2 and one
     ``error:`` line, and a run dir that was empty when the task started is removed again (so
     nothing is written); a fault during the run (:class:`~glimpse.errors.RunFault`: disk full,
-    non-finite numbers) exits with code 1 and one line, keeping what was saved. In a multirun
-    each job writes into its own job dir (``hydra.sweep.dir/<job number>``)."""
+    non-finite numbers; or any error once training has started, see
+    :class:`~glimpse.training.run_phase.RunPhase`) exits with code 1 and one line, keeping
+    what was saved. In a multirun each job writes into its own job dir (``hydra.sweep.dir/N``)."""
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> Any:
         from hydra.errors import InstantiationException
+
+        from glimpse.data.images import CorruptImageError
 
         out = _job_output_dir(cfg)
         fresh = out is not None and (not out.exists() or not any(out.iterdir()))
         try:
             check_override_types(cfg)
             return fn(cfg)
-        except RunFault as err:  # a fault during the run (disk full, non-finite numbers): not the user's input
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(RUN_FAULT)
-        except (ConfigError, FileNotFoundError, InstantiationException, ValueError) as err:
+        except Exception as err:
             cause = err
             while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
                 cause = cause.__cause__
-            if isinstance(cause, RunFault):
-                print(f"error: {cause}", file=sys.stderr)
-                sys.exit(RUN_FAULT)
-            if not isinstance(cause, (ConfigError, FileNotFoundError, ValueError)):
-                raise
-            _close_log_file()
-            if fresh:  # nothing of this run stays behind
-                shutil.rmtree(out, ignore_errors=True)
-            print(f"error: {_one_line(cause)}", file=sys.stderr)
-            sys.exit(USAGE_ERROR)
+            during = getattr(cause, "during_run", None)
+            if isinstance(cause, RunFault):  # disk full, non-finite numbers: not the user's input
+                _exit(RUN_FAULT, str(cause))
+            if isinstance(cause, (ConfigError, FileNotFoundError, CorruptImageError)) or (
+                    isinstance(cause, ValueError) and during is None):
+                _close_log_file()
+                if fresh and during is None:  # stopped before it ran: nothing of this run stays behind
+                    shutil.rmtree(out, ignore_errors=True)
+                _exit(USAGE_ERROR, _one_line(cause))
+            if during is not None:  # e.g. numbers that blew up inside torch
+                _exit(RUN_FAULT, f"the run failed {during} ({type(cause).__name__}: {_one_line(cause)}); "
+                                 "the checkpoints on disk are kept (resume with ckpt_path=last)")
+            raise
 
     return wrapper
 
@@ -127,13 +130,20 @@ def _job_output_dir(cfg: DictConfig) -> Path | None:
         return None
 
 
-def _one_line(err: BaseException) -> str:
-    """The message; for an error re-raised from a DataLoader worker, the original one only."""
+def _exit(code: int, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _one_line(err: BaseException, limit: int = 500) -> str:
+    """The message on one line (at most ``limit`` characters); for an error re-raised from a
+    DataLoader worker, the original one only."""
     text = str(err)
-    if "Original Traceback" not in text:
-        return " ".join(text.split())
-    last = text.strip().splitlines()[-1]  # "package.module.ErrorType: message"
-    return last.split(": ", 1)[1] if ": " in last else last
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]  # "package.module.ErrorType: message"
+        text = last.split(": ", 1)[1] if ": " in last else last
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_override_types(cfg: DictConfig) -> None:
@@ -295,3 +305,58 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
                               "to explain (ckpt_path resumes an Explainer run)")
         resolve_checkpoint(explain.glimpse_ckpt, cfg.paths.output_dir, key="explain.glimpse_ckpt")
     return resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.output_dir)
+
+
+def command_line_keys() -> set[str]:
+    """The keys the user set on the command line (``data.channels=1`` gives ``data.channels``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task if "=" in o}
+
+
+def data_from_checkpoint(data: DictConfig, hparams: dict, given: set[str]) -> DictConfig:
+    """The data config with what the model's input depends on taken from the checkpoint's
+    hyperparameters: the channel count (``data.channels``) and the image or canvas size
+    (``data.image_size`` / ``data.canvas_size``), unless the user gave them (``given``). One
+    log line says what was taken; channels that cannot match are a :class:`ConfigError`
+    naming the data key. Data configs without a ``channels`` key (Multiset-MNIST) are grayscale."""
+    trained = hparams.get("data") or {}
+    backbone = (hparams.get("policy") or {}).get("backbone") or {}
+    channels = backbone.get("in_channels")
+    size = trained.get("image_size", trained.get("canvas_size"))
+    # set in the run's own config (so that its record shows what was taken)
+    taken, kept = [], []
+    if isinstance(channels, int):
+        if "channels" not in data:
+            if channels != 1:
+                raise ConfigError(f"data.channels: the checkpoint reads {channels}-channel images, but this data config "
+                                  "has 1-channel canvases and no data.channels key; evaluate it on photographs "
+                                  f"(data=coco or data=voc with data.channels={channels})")
+        elif "data.channels" in given and data.channels != channels:
+            raise ConfigError(f"data.channels={data.channels}: the checkpoint reads {channels}-channel images; "
+                              f"give data.channels={channels}, or leave it out to take it from the checkpoint")
+        elif data.channels != channels:
+            data.channels = channels
+            taken.append(f"data.channels={channels}")
+    for key in ("image_size", "canvas_size"):
+        if key not in data or size is None:
+            continue
+        value = size
+        if key == "canvas_size" and not isinstance(value, int):
+            value = value[0] if len(set(value)) == 1 else None  # a canvas is square
+        if value is None:
+            continue
+        if f"data.{key}" in given:
+            if data[key] != value:
+                kept.append(f"data.{key}={data[key]} (from the command line; the checkpoint was trained at {size})")
+        elif data[key] != value:
+            data[key] = value
+            taken.append(f"data.{key}={value}")
+    if taken or kept:
+        log.info("data from the checkpoint: %s%s", ", ".join(taken) or "nothing",
+                 f"; kept {', '.join(kept)}" if kept else "")
+    else:
+        log.info("data as configured: it matches the checkpoint (channels %s, size %s)", channels, size)
+    return data
