@@ -15,7 +15,8 @@ from glimpse.evaluation.report import intervals, plot_steps, render_examples, re
 from glimpse.evaluation.stability import collect_maps, stability
 from glimpse.heatmaps.registry import resolve_methods
 from glimpse.module import load_checkpoint
-from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
+from glimpse.run import (ConfigError, command, command_line_keys, data_from_checkpoint, instantiate_logger, record_run,
+                         resolve_checkpoint, user_errors, write_metrics)
 
 log = logging.getLogger("glimpse")
 
@@ -24,7 +25,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Load the checkpoint, run the chosen split, write metrics.json and report.md."""
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} is not known; choose test or val")
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.heatmaps.perturbation_steps < 1:
         raise ConfigError(f"heatmaps.perturbation_steps={cfg.heatmaps.perturbation_steps} must be >= 1")
     # a list of checkpoints (same config, other seeds): the first is scored, all are compared
@@ -35,10 +36,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
     model = load_checkpoint(ckpt_path)
-    datamodule = instantiate(cfg.data)
+    # the channels and image size the model reads come from the checkpoint, unless given
+    datamodule = instantiate(data_from_checkpoint(cfg.data, model.hparams, command_line_keys()))
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
         datamodule.use_classes(model.class_names)
     model.check_classes(datamodule.class_names)
+    record_run(cfg)  # the input is checked: from here on the output dir holds the evaluation
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=instantiate_logger(cfg.get("logger")), callbacks=[])
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(model, datamodule=datamodule)
@@ -97,9 +100,9 @@ def compare_models(cfg: DictConfig, ckpt_paths: list[str], methods_of: list[dict
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 @user_errors
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def main(cfg: DictConfig) -> dict[str, float]:
+    return evaluate(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

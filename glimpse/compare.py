@@ -6,7 +6,7 @@
 Each (objective, seed) is one ``train.py`` run in a subprocess with ``threads`` torch threads
 and its data composed in the same process, stopped after ``budget_minutes`` of fitting
 (validation included), then tested. The budget is CPU time by default (``budget=cpu``,
-:class:`glimpse.reliability.CpuBudget`): the same work for every run whatever else the machine
+:class:`glimpse.training.cpu_budget.CpuBudget`): the same work for every run whatever else the machine
 is doing; ``budget=wall`` uses Lightning's ``trainer.max_time`` instead. ``jobs`` runs go at
 once (``jobs=2 threads=1`` keeps two cores busy). A finished run (its ``run.json`` and
 ``metrics.json`` in ``runs_dir``, with the commit it ran) is read back, not run again, so an interrupted comparison
@@ -175,7 +175,7 @@ def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dic
             return {**done, "objective": objective, "seed": seed, "metrics": json.loads(metrics_path.read_text()),
                     "reused": True}
     if cfg.budget == "cpu":
-        budget = ["+callbacks.cpu_budget._target_=glimpse.reliability.CpuBudget",
+        budget = ["+callbacks.cpu_budget._target_=glimpse.training.cpu_budget.CpuBudget",
                   f"+callbacks.cpu_budget.minutes={float(cfg.budget_minutes)}",
                   "data.num_workers=0"]  # the data's work is counted in the same process
     else:
@@ -247,7 +247,7 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
         f"- command: `{command}`",
         f"- machine: {machine}; {when}",
         f"- each run: `train.py` with {cfg.threads} torch thread(s), stopped after the budget of fitting (validation "
-        "included; " + ("CPU time of the run's process, data composed in it: `glimpse.reliability.CpuBudget`"
+        "included; " + ("CPU time of the run's process, data composed in it: `glimpse.training.cpu_budget.CpuBudget`"
                         if cfg.budget == "cpu" else "wall-clock time: `trainer.max_time`") +
         f"), {cfg.jobs} run(s) at once, constant learning rate, then the test split with the best checkpoint by val F1; "
         f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",

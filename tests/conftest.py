@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -14,11 +15,13 @@ TINY = ["data.train_size=128", "data.val_size=32", "data.test_size=32", "data.ba
         "model.policy.hidden=32", "data.num_workers=0", "callbacks.heatmaps=null"]
 
 
-def run(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run one of the project's commands (train.py, evaluate.py) as a user would."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+def run(script: str, *overrides: str, check: bool = True, env: dict | None = None,
+        **kwargs) -> subprocess.CompletedProcess:
+    """Run one of the project's commands (train.py, evaluate.py) as a user would; ``env`` adds
+    to the environment, ``kwargs`` go to ``subprocess.run``."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", **(env or {})}
     proc = subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -30,3 +33,14 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     proc = run("train.py", "experiment=smoke", "logger=wandb", f"paths.output_dir={out}")
     return out, proc
+
+
+def require(module: str):
+    """``pytest.importorskip(module)``, except under ``CI=true``: there a missing package fails
+    the test, so that a cross-check against a reference library cannot silently skip in CI."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        try:
+            return importlib.import_module(module)
+        except ImportError as err:
+            pytest.fail(f"{module} cannot be imported ({err}); CI=true runs every cross-check: pip install -e '.[dev]'")
+    return pytest.importorskip(module)

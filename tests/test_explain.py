@@ -129,7 +129,7 @@ def test_explainer_training_leaves_the_glimpse_model_bit_identical(glimpse_ckpt)
 def test_explainer_experiment_trains_and_evaluate_scores_it_and_compares_checkpoints(glimpse_ckpt, tmp_path):
     out = tmp_path / "explainer"
     tiny = [o for o in TINY_GLIMPSE if not o.startswith(("model.", "callbacks."))]
-    run("train.py", "experiment=explainer", f"ckpt_path={glimpse_ckpt}", *tiny, f"paths.output_dir={out}")
+    run("train.py", "experiment=explainer", f"explain.glimpse_ckpt={glimpse_ckpt}", *tiny, f"paths.output_dir={out}")
     explainer = out / "checkpoints" / "last.ckpt"
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"val/explainer/loss", "val/explainer/classification", "val/explainer/kept_probability"} <= set(metrics)
@@ -158,7 +158,7 @@ def test_explainer_bad_input_is_a_clear_error(glimpse_ckpt, tmp_path):
     from glimpse.heatmaps.registry import resolve_methods
 
     proc = run("train.py", "experiment=explainer", "logger=none", f"paths.output_dir={tmp_path / 'a'}", check=False)
-    assert proc.returncode == 2 and "ckpt_path=GLIMPSE_CKPT" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "explain.glimpse_ckpt=GLIMPSE_CKPT" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
     with pytest.raises(ValueError, match="not an Explainer checkpoint"):
         resolve_methods(["explainer"], settings={"explainer": {"ckpt_path": str(glimpse_ckpt)}})

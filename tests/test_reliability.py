@@ -19,7 +19,11 @@ from conftest import ROOT, run
 
 from glimpse.data.sampler import SeededOrder
 from glimpse.module import load_checkpoint
-from glimpse.reliability import AtomicCheckpointIO, CpuBudget, FiniteGradients, LastCheckpoint, RunFault
+from glimpse.errors import RunFault
+from glimpse.training.checkpoint_io import AtomicCheckpointIO
+from glimpse.training.cpu_budget import CpuBudget
+from glimpse.training.finite_gradients import FiniteGradients
+from glimpse.training.last_checkpoint import LastCheckpoint
 
 # 4 optimiser steps per epoch, 2 epochs, last.ckpt after every step
 SMALL = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32", "model.policy.hidden=32",
@@ -60,6 +64,44 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(uninterrup
     assert not (tmp_path / "metrics.json").exists()
     run("train.py", *SMALL, f"paths.output_dir={tmp_path}", "ckpt_path=last")
     assert metrics_of(tmp_path) == metrics_of(uninterrupted)
+
+
+def _best_record(out: Path) -> dict:
+    """The ModelCheckpoint state in ``out``'s last.ckpt."""
+    callbacks = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    return next(v for k, v in callbacks.items() if k.startswith("ModelCheckpoint"))
+
+
+def test_kill_after_an_epoch_end_save_then_resume_ends_like_an_uninterrupted_run(uninterrupted, tmp_path):
+    """SIGKILL at the first batch of epoch 1: the last save is epoch 0's end, whose best-model
+    record must already hold epoch 0's checkpoint (it was written before ModelCheckpoint's)."""
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "WANDB_MODE": "disabled"}
+    proc = run("train.py", *SMALL, f"paths.output_dir={tmp_path}", "+callbacks.fault._target_=faults.KillAtEpochStart",
+               "+callbacks.fault.epoch=1", env=env, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    record = _best_record(tmp_path)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert Path(record["best_model_path"]).name == "epoch_000.ckpt" and Path(record["best_model_path"]).is_file()
+    run("train.py", *SMALL, f"paths.output_dir={tmp_path}", "ckpt_path=last")
+    assert (tmp_path / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
+    names = lambda out: sorted(p.name for p in (out / "checkpoints").glob("epoch_*.ckpt"))  # noqa: E731
+    assert names(tmp_path) == names(uninterrupted) and len(names(tmp_path)) == 1, "one best checkpoint, the same one"
+    resumed, reference = _best_record(tmp_path), _best_record(uninterrupted)
+    assert Path(resumed["best_model_path"]).name == Path(reference["best_model_path"]).name
+    assert float(resumed["best_model_score"]) == float(reference["best_model_score"])
+
+
+def test_resuming_a_finished_run_tests_again_without_training(uninterrupted, tmp_path):
+    import shutil
+
+    out = tmp_path / "finished"
+    shutil.copytree(uninterrupted, out)
+    last = out / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    proc = run("train.py", *SMALL, f"paths.output_dir={out}", "ckpt_path=last")
+    assert proc.returncode == 0 and "had finished fitting" in proc.stdout
+    assert last.read_bytes() == before, "nothing was trained or saved"
+    assert (out / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
 
 
 def test_sigterm_to_the_whole_process_group_with_a_data_worker_saves_then_exits_143(tmp_path):

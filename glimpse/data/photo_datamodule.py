@@ -33,6 +33,7 @@ class DetectionDataModule(ResumableOrder, pl.LightningDataModule):
     ``max_objects`` objects are left out (the 2018 multiset paper filtered COCO this way).
     A split without its own files is held out of train (``val_fraction``), or, for test,
     is the val split. Images are letterboxed to ``image_size`` (int, or [H, W]).
+    ``train_size`` / ``val_size`` / ``test_size`` keep the first N images of a split (null: all).
     """
 
     def __init__(
@@ -51,6 +52,9 @@ class DetectionDataModule(ResumableOrder, pl.LightningDataModule):
         val_fraction: float = 0.1,
         skip_corrupt: bool = False,
         cache: bool = False,
+        train_size: int | None = None,
+        val_size: int | None = None,
+        test_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -65,7 +69,9 @@ class DetectionDataModule(ResumableOrder, pl.LightningDataModule):
             (max_objects is None or max_objects >= max(min_objects, 1),
              f"data.max_objects={max_objects}: must be >= 1 and >= data.min_objects={min_objects}, or null"),
             (0 < val_fraction < 1, f"data.val_fraction={val_fraction}: must be in (0, 1)"),
-        ]
+        ] + [(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
+              f"data.{split}_size={n}: the first N images of the {split} split, an integer >= 1 (null: all)")
+             for split, n in (("train", train_size), ("val", val_size), ("test", test_size))]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -81,6 +87,9 @@ class DetectionDataModule(ResumableOrder, pl.LightningDataModule):
         }
         if "val" not in records:
             records["train"], records["val"] = self._hold_out(records["train"], val_fraction, seed)
+        for split, n in (("train", train_size), ("val", val_size), ("test", test_size)):
+            if n is not None and split in records:  # a few batches (experiment=smoke)
+                records[split] = records[split][:n]
         longest = max(len(r.labels) for split_records in records.values() for r in split_records)
         self.max_objects = max(max_objects or longest, 1)
         kwargs = dict(image_size=self.image_size, channels=channels, max_objects=self.max_objects,

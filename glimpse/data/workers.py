@@ -14,7 +14,7 @@ def worker_init(worker_id: int) -> None:
 
     ``timeout``, ``kill -- -PGID`` and SLURM's scancel signal every process of a job; a worker
     that died at once would end the run with "DataLoader worker killed" before
-    :class:`glimpse.reliability.LastCheckpoint` in the main process saves and exits 143. So the
+    :class:`glimpse.training.last_checkpoint.LastCheckpoint` in the main process saves and exits 143. So the
     worker blocks SIGTERM and a thread takes each one: from the main process (the DataLoader or
     ``multiprocessing`` shutting its workers down) it ends the worker as usual; from anyone else
     it is left to the main process, which shuts the worker down when it exits. (Ignoring SIGTERM
