@@ -120,6 +120,7 @@ def wandb_logger(
         kwargs = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in kwargs.items()}
         logger = GlimpseWandbLogger(project=project, name=name, save_dir=save_dir, mode=mode, tags=list(tags or []),
                                     group=group, job_type=job_type, log_model=log_model, **kwargs)
+        logger._wandb_init.pop("anonymous", None)  # Lightning passes it; W&B warns that it has no effect
         logger.experiment  # start the run now, so a failure falls back here and not mid-training
         if mode == "offline":
             log.info("W&B is offline: the run is kept under %s/wandb; upload it later with `wandb sync %s/wandb/offline-run-*`",
@@ -176,21 +177,25 @@ def training_run(ckpt_path: str | os.PathLike) -> dict | None:
     return dict(record) if isinstance(record, dict) else None
 
 
-def evaluation_logger(cfg, ckpt_path: str, given: str):
-    """The logger config of an evaluation of ``ckpt_path`` (``given`` as the user wrote it): for
-    W&B, ``job_type=evaluate``, the training run's group, and in the run's config the training
-    run and the checkpoint. Other loggers unchanged."""
+def evaluation_logger(eval_cfg, ckpt_path: str, given: str):
+    """The logger config of evaluate.py's ``eval_cfg`` scoring ``ckpt_path`` (``given`` as the
+    user wrote it): for W&B, ``job_type=evaluate``, the training run's group, and in the run's
+    config the training run and the checkpoint. Other loggers unchanged."""
     from omegaconf import OmegaConf
 
+    from glimpse.evaluation.wandb_table import check_max_rows
+
+    cfg = eval_cfg.get("logger")
     if not cfg or cfg.get("_target_") != f"{__name__}.wandb_logger":
         return cfg
+    check_max_rows(OmegaConf.select(eval_cfg, "wandb.max_rows", default=500))
     trained = training_run(ckpt_path) or {}
-    cfg = OmegaConf.merge(cfg, {})  # a copy
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # a copy that takes new keys
     cfg.job_type = cfg.get("job_type") or "evaluate"
     if not cfg.get("group") and trained.get("group"):
         cfg.group = trained["group"]
     link = {"checkpoint": str(given), "checkpoint_file": str(ckpt_path), "training_run": trained.get("id"),
-            "training_run_path": "/".join(str(trained[k]) for k in ("entity", "project", "id")) if trained else None,
+            "training_run_path": "/".join(str(trained[k]) for k in ("entity", "project", "id") if trained.get(k)) or None,
             "training_run_name": trained.get("name")}
     cfg.config = OmegaConf.merge(cfg.get("config") or {}, link)
     return cfg
