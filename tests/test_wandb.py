@@ -112,8 +112,9 @@ def test_draw_trajectory_marks_the_cells_and_glimpses_where_they_are():
 
 def test_multirun_seeds_share_one_group_named_after_the_sweep(tmp_path):
     sweep = tmp_path / "seeds"
+    # each job's files in its sweep subdir (paths.output_dir is otherwise a time stamp per job)
     run("train.py", "-m", "seed=0,1", "experiment=smoke", *TINY, "data.train_size=64", "test=false", "logger=wandb",
-        f"hydra.sweep.dir={sweep}")
+        f"hydra.sweep.dir={sweep}", "paths.output_dir=${hydra:runtime.output_dir}")
     runs = runs_under(sweep)
     assert len(runs) == 2 and len({r["run"]["id"] for r in runs}) == 2, "each job its own run"
     assert {r["run"]["group"] for r in runs} == {"train-seeds"}
