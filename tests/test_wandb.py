@@ -3,6 +3,7 @@ checkpoints as model artifacts, the evaluation table linked to its training run,
 a multirun in one group, and W&B failures that are warnings."""
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,10 @@ def test_evaluation_table_one_row_per_image_linked_to_the_training_run(trained, 
         assert r["meta_steps"] == len(steps) and "STOP" not in steps[:-1]
         predicted = sorted(s for s in steps if s != "STOP")
         assert r["predicted"] == "{" + ", ".join(sorted(predicted, key=names.index)) + "}"
-        assert 0 <= r["glimpse_hits"] <= len(predicted)
+        true = Counter(r["true"][1:-1].split(", ")) if r["true"] != "{}" else Counter()
+        overlap = sum((true & Counter(predicted)).values())
+        assert r["f1"] == pytest.approx(2 * overlap / (true.total() + len(predicted)) if true or predicted else 1.0)
+        assert 0 <= r["glimpse_hits"] <= overlap  # a hit needs a right label
         image = r["image"]
         assert Path(files[image["path"]]).is_file() and image["width"] >= 300
         truth = image["boxes"]["ground_truth"]
