@@ -66,6 +66,12 @@ class GlimpseWandbLogger(WandbLogger):
 
     last_checkpoint: Path | None = None  # set by WandbRunRecord from the trainer's LastCheckpoint
 
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        try:  # log_model=all: each save of the best checkpoint is logged here
+            super().after_save_checkpoint(checkpoint_callback)
+        except Exception as err:
+            self._warn(err)
+
     def finalize(self, status: str) -> None:
         try:
             super().finalize(status)  # ModelCheckpoint's files, aliases best / latest
@@ -80,9 +86,13 @@ class GlimpseWandbLogger(WandbLogger):
                 artifact.add_file(str(last), name="model.ckpt", policy=self.add_file_policy)
                 self.experiment.log_artifact(artifact, aliases=["last", "latest"])
                 self._logged_model_time[str(last)] = last.stat().st_mtime
-        except Exception as err:  # a full disk, an unwritable staging dir: the checkpoints on disk stay
-            warnings.warn(f"W&B could not keep the checkpoints as artifacts ({type(err).__name__}: {err}); "
-                          "they are on disk under checkpoints/", stacklevel=2)
+        except Exception as err:
+            self._warn(err)
+
+    @staticmethod
+    def _warn(err: Exception) -> None:  # a full disk, an unwritable staging dir: the checkpoints on disk stay
+        warnings.warn(f"W&B could not keep the checkpoints as artifacts ({type(err).__name__}: {err}); "
+                      "they are on disk under checkpoints/", stacklevel=3)
 
 
 def wandb_logger(
