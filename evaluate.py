@@ -13,7 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.evaluation.stability import collect_maps, stability
+from glimpse.evaluation.wandb_table import log_evaluation
 from glimpse.heatmaps.registry import resolve_methods
+from glimpse.loggers import evaluation_logger
 from glimpse.module import load_checkpoint
 from glimpse.run import (ConfigError, command, command_line_keys, data_from_checkpoint, instantiate_logger, record_run,
                          resolve_checkpoint, user_errors, write_metrics)
@@ -42,7 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         datamodule.use_classes(model.class_names)
     model.check_classes(datamodule.class_names)
     record_run(cfg)  # the input is checked: from here on the output dir holds the evaluation
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=instantiate_logger(cfg.get("logger")), callbacks=[])
+    logger = instantiate_logger(evaluation_logger(cfg, ckpt_path, given[0]))  # W&B: joins the training run's group
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[])
     run = trainer.test if cfg.split == "test" else trainer.validate
     run(model, datamodule=datamodule)
     prefix = f"{cfg.split}/"
@@ -62,6 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             steps_plot=plot_steps(metrics, out), worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out),
             cis=intervals(scored["per_image"]),
         )
+        log_evaluation(trainer.logger, model, datamodule, cfg.split, metrics, report, cfg.wandb.max_rows)
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)
     return metrics
 

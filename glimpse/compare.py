@@ -186,7 +186,10 @@ def run_one(cfg: CompareConfig, objective: str, seed: int, run_dir: Path) -> dic
         f"paths.output_dir={run_dir}", *budget,
         "trainer.max_epochs=-1",  # the budget stops training
         "model.scheduler=constant",  # a cosine schedule needs a known number of steps
-        "test=true", *(["ckpt_path=last"] if resume else []), *map(str, cfg.overrides),
+        "test=true", *(["ckpt_path=last"] if resume else []),
+        # the comparison's runs in one W&B group (grouped further by config objective in the UI)
+        *([f"logger.group={wandb_group(run_dir.parent.parent)}"] if cfg.logger == "wandb" else []),
+        *map(str, cfg.overrides),
     ]
     settings = run_settings(cfg, objective, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,13 +293,19 @@ def code_line(rows: list[dict]) -> str:
     return f"- code: **runs from {len(commits)} commits** (read back from earlier runs): {each}"
 
 
+def wandb_group(runs_dir: Path) -> str:
+    """The W&B group of a comparison's runs and its table: named after its runs_dir."""
+    return f"compare-{runs_dir.name}"
+
+
 def log_wandb_table(cfg: CompareConfig, rows: list[dict], runs_dir: Path) -> None:
     """The table as a W&B Table in its own run (offline unless logged in, see glimpse.loggers)."""
     from lightning.pytorch.loggers import WandbLogger
 
     from glimpse.loggers import wandb_logger
 
-    logger = wandb_logger(save_dir=str(runs_dir), name=f"compare-{cfg.data}", tags=["compare"])
+    logger = wandb_logger(save_dir=str(runs_dir), name=f"compare-{cfg.data}", tags=["compare"],
+                          group=wandb_group(runs_dir), job_type="compare")
     if not isinstance(logger, WandbLogger):
         return  # W&B could not start: the markdown table is the record
     names = [name for name, _ in COLUMNS] + [name for name, _, _ in EXTRA]

@@ -282,9 +282,14 @@ def read_metrics(output_dir: str | Path) -> dict[str, float]:
 
 
 def resolve_checkpoint(ckpt_path: str | None, output_dir: str | Path, key: str = "ckpt_path") -> str | None:
-    """``None``, ``last`` (this run dir's ``checkpoints/last.ckpt``) or an existing file."""
+    """``None``, ``last`` (this run dir's ``checkpoints/last.ckpt``), an existing file, or a W&B
+    model artifact ``wandb:[ENTITY/PROJECT/]NAME:ALIAS`` (downloaded; :mod:`glimpse.loggers`)."""
     if ckpt_path is None:
         return None
+    if str(ckpt_path).startswith("wandb:"):
+        from glimpse.loggers import download_artifact
+
+        return download_artifact(str(ckpt_path), output_dir)
     path = Path(output_dir) / "checkpoints" / "last.ckpt" if str(ckpt_path) == "last" else Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(
