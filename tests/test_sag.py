@@ -155,3 +155,51 @@ def test_bad_settings_name_the_key():
         SAGSettings(baseline="grey")
     with pytest.raises(ValueError, match=r"sag has unknown keys \['beam'\]"):
         SAGSettings.from_config({"beam": 3, "num_images": 2})
+
+
+def test_glimpse_decisions_are_scored_with_the_recorded_actions_replayed(smoke_run):
+    """On a trained checkpoint: each SAG explains one emitted label, its full-image probability is
+    the recorded episode's, and each root's is that label's at its step on the composite with the
+    episode's actions replayed."""
+    from glimpse.evaluation.heatmap_eval import emitted_targets, label_probability, target_probability
+    from glimpse.heatmaps.sag import glimpse_attention_graphs
+    from glimpse.module import load_checkpoint
+
+    out, _ = smoke_run
+    model = load_checkpoint(str(out / "checkpoints" / "last.ckpt")).eval()
+    images = torch.rand(2, 1, 100, 100) * (torch.rand(2, 1, 100, 100) > 0.8)
+    with torch.no_grad():
+        episode = model.predict_episode(images)
+    targets = emitted_targets(episode, model.policy.num_classes)
+    sags = glimpse_attention_graphs(model, images, SAGSettings(grid=5, max_size=3), episode=episode)
+    assert [(s.source, s.step, s.target) for s in sags] == [tuple(t) for t in targets.tolist()]
+    recorded = label_probability(episode.label_logits[targets[:, 0], targets[:, 1]], targets)
+    assert torch.allclose(torch.tensor([s.probability for s in sags]), recorded, atol=1e-4)
+    actions = episode.actions()
+    for sag, target in zip(sags, targets):
+        for root, p in zip(sag.roots, sag.root_probabilities):
+            x = composite(sag.image[None], sag.baseline[None], patch_masks([root], 5))
+            with torch.no_grad():
+                again = target_probability(model, actions, target[None], x)
+            assert float(again) == pytest.approx(p, abs=1e-4) and p > 0.9 * sag.probability
+
+
+def test_evaluate_draws_sags_into_the_report(smoke_run, tmp_path):
+    from conftest import run
+
+    out, _ = smoke_run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    run("evaluate.py", f"ckpt_path={ckpt}", "data.test_size=8", "data.num_workers=0", "heatmaps.methods=[saliency_map]",
+        "sag.num_images=1", "sag.max_size=4", f"paths.output_dir={tmp_path}")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("sag/num_roots", "sag/root_size", "sag/sufficient_fraction", "sag/seconds_per_decision"):
+        assert key in metrics
+    assert 0 <= metrics["sag/sufficient_fraction"] <= 1 and metrics["sag/seconds_per_decision"] > 0
+    pictures = sorted((tmp_path / "sag").glob("image_0_step_*.png"))
+    assert pictures  # one per emitted label of image 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## Structured attention graphs" in report
+    assert all(f"(sag/{p.name})" in report for p in pictures)
+    proc = run("evaluate.py", f"ckpt_path={ckpt}", "sag.baseline=grey", f"paths.output_dir={tmp_path / 'bad'}", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: sag.baseline='grey' is not allowed; choose from ['black', 'blurred']"
