@@ -203,3 +203,17 @@ def test_evaluate_draws_sags_into_the_report(smoke_run, tmp_path):
     proc = run("evaluate.py", f"ckpt_path={ckpt}", "sag.baseline=grey", f"paths.output_dir={tmp_path / 'bad'}", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: sag.baseline='grey' is not allowed; choose from ['black', 'blurred']"
+
+
+@pytest.mark.slow
+def test_heatmap_callback_draws_sags_when_asked(tmp_path):
+    """callbacks.heatmaps.sag={...}: one SAG picture per emitted label of the fixed images, also in W&B as `sag`."""
+    from conftest import TINY, run
+
+    base = [o for o in TINY if not o.startswith("callbacks.heatmaps")] + ["logger=wandb", "test=false",
+                                                                         "callbacks.heatmap_metrics=null"]
+    run("train.py", *base, "callbacks.heatmaps.num_images=1", "callbacks.heatmaps.methods=[gradcam]",
+        "callbacks.heatmaps.sag={grid:4,max_size:2}", f"paths.output_dir={tmp_path}")
+    pictures = sorted((tmp_path / "heatmaps" / "epoch_000" / "sag").glob("image_0_step_*.png"))
+    assert pictures and all(p.stat().st_size > 5_000 for p in pictures)
+    assert len(list(tmp_path.glob("wandb/offline-run-*/files/media/images/sag_*.png"))) == len(pictures)

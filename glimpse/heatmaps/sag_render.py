@@ -122,29 +122,37 @@ def render_sag(sag: SAG, path: str | Path, class_names: Sequence[str] | None = N
     return path
 
 
-def split_sags(model, datamodule, split: str, settings, num_images: int, output_dir: str | Path,
-               loggers: Sequence = ()) -> dict:
-    """SAGs of every label the glimpse ``model`` emitted on the first ``num_images`` images of
-    ``split``: one PNG per decision in ``<output_dir>/sag/``, logged to W&B as ``sag`` when a
-    W&B logger is given. Returns ``{"metrics": sag/*, "pictures": [paths], "markdown": report section}``."""
-    from glimpse.heatmaps.sag import glimpse_attention_graphs, summary, timed
+def draw_sags(model, images: torch.Tensor, settings, output_dir: str | Path, title: str = "image {i}") -> tuple[list, float, list[Path]]:
+    """SAGs of every label the glimpse ``model`` emits on ``images``, drawn one PNG per decision
+    (``<output_dir>/image_<i>_step_<t>.png``, titled ``title`` with ``{i}`` the image's row).
+    Returns the SAGs, the seconds they took (drawing excluded) and the paths."""
+    from glimpse.heatmaps.sag import glimpse_attention_graphs, timed
 
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 0:
-        raise ValueError(f"sag.num_images={num_images} must be an integer >= 0 (0: no SAGs)")
-    dataset = datamodule.datasets[split]
-    indices = list(range(min(int(num_images), len(dataset))))
-    batch = torch.utils.data.default_collate([dataset[i] for i in indices])
-    images = batch["image"].to(model.device)
     was_training = model.training
     model.eval()
     try:
         sags, seconds = timed(glimpse_attention_graphs, model, images, settings)
     finally:
         model.train(was_training)
+    paths = [render_sag(sag, Path(output_dir) / f"image_{sag.source}_step_{sag.step + 1}.png", model.class_names,
+                        title=f"{title.format(i=sag.source)}, meta step {sag.step + 1}") for sag in sags]
+    return sags, seconds, paths
+
+
+def split_sags(model, datamodule, split: str, settings, num_images: int, output_dir: str | Path,
+               loggers: Sequence = ()) -> dict:
+    """SAGs of every label the glimpse ``model`` emitted on the first ``num_images`` images of
+    ``split``: one PNG per decision in ``<output_dir>/sag/``, logged to W&B as ``sag`` when a
+    W&B logger is given. Returns ``{"metrics": sag/*, "pictures": [paths], "markdown": report section}``."""
+    from glimpse.heatmaps.sag import summary
+
+    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 0:
+        raise ValueError(f"sag.num_images={num_images} must be an integer >= 0 (0: no SAGs)")
+    dataset = datamodule.datasets[split]
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(int(num_images), len(dataset)))])
+    sags, seconds, pictures = draw_sags(model, batch["image"].to(model.device), settings, Path(output_dir) / "sag",
+                                        title=f"{split} image {{i}}")
     metrics = summary(sags, seconds)
-    out = Path(output_dir) / "sag"
-    pictures = [render_sag(sag, out / f"image_{sag.source}_step_{sag.step + 1}.png", model.class_names,
-                           title=f"{split} image {indices[sag.source]}, meta step {sag.step + 1}") for sag in sags]
     for logger in loggers:
         from lightning.pytorch.loggers import WandbLogger
 
