@@ -15,6 +15,8 @@ from glimpse.evaluation.report import intervals, plot_steps, render_examples, re
 from glimpse.evaluation.stability import collect_maps, stability
 from glimpse.evaluation.wandb_table import log_evaluation
 from glimpse.heatmaps.registry import resolve_methods
+from glimpse.heatmaps.sag import SAGSettings
+from glimpse.heatmaps.sag_render import split_sags
 from glimpse.loggers import evaluation_logger
 from glimpse.module import load_checkpoint
 from glimpse.run import (ConfigError, command, command_line_keys, data_from_checkpoint, instantiate_logger, record_run,
@@ -37,6 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_paths = [resolve_checkpoint(path, cfg.paths.output_dir) for path in given]
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
+    sag_settings = SAGSettings.from_config(OmegaConf.to_container(cfg.sag, resolve=True))  # bad keys fail before the run
     model = load_checkpoint(ckpt_path)
     # the channels and image size the model reads come from the checkpoint, unless given
     datamodule = instantiate(data_from_checkpoint(cfg.data, model.hparams, command_line_keys()))
@@ -56,14 +59,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scored["metrics"])
         if len(ckpt_paths) > 1:
             metrics.update(compare_models(cfg, ckpt_paths, methods_of, datamodule))
+        sag = split_sags(model, datamodule, cfg.split, sag_settings, cfg.sag.num_images, out, trainer.loggers) \
+            if cfg.sag.num_images else {"metrics": {}, "markdown": None}
+        metrics.update(sag["metrics"])
         write_metrics(metrics, out)
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
+            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items() | sag["metrics"].items()})
         report = write_report(
             metrics, out, ckpt_path=ckpt_path, split=cfg.split, pictures=[render_examples(model, datamodule, cfg.split, out)],
             class_names=model.class_names, per_class=scored["per_class"], heatmaps_per_class=scored["heatmaps_per_class"],
             steps_plot=plot_steps(metrics, out), worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out),
-            cis=intervals(scored["per_image"]),
+            cis=intervals(scored["per_image"]), sag=sag["markdown"],
         )
         log_evaluation(trainer.logger, model, datamodule, cfg.split, metrics, report, cfg.wandb.max_rows)
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)

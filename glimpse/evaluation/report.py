@@ -162,6 +162,7 @@ def write_report(
     metrics: dict[str, float], output_dir: str | Path, ckpt_path: str, split: str, pictures: list[Path] = (),
     class_names: list[str] | None = None, per_class: dict | None = None, heatmaps_per_class: dict | None = None,
     steps_plot: Path | None = None, worst: Path | None = None, cis: dict[str, tuple[float, float]] | None = None,
+    sag: str | None = None,
 ) -> Path:
     """Write ``report.md``: metrics beside their baselines, per class, per step, examples, worst images."""
     path = Path(output_dir) / "report.md"
@@ -188,5 +189,7 @@ def write_report(
     ]
     if worst:
         parts += ["## Worst images (lowest F1)\n", f"![worst]({worst.name})\n"]
+    if sag:  # structured attention graphs (glimpse/heatmaps/sag_render.py: sag_markdown)
+        parts.append(sag)
     path.write_text("\n".join(parts))
     return path

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from glimpse import multiset
-from glimpse.attribution.render import _multiset_text
+from glimpse.heatmaps.render import _multiset_text
 from glimpse.evaluation.localisation import glimpse_hits
 from glimpse.models.attention import cell_centres, cell_geometry
 

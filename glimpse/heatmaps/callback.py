@@ -29,13 +29,19 @@ class HeatmapCallback(pl.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 8, methods=("gradient", "gradcam", "integrated_gradients"),
-                 output_subdir: str = "heatmaps", output_dir: str | None = None, ig_steps: int = 16) -> None:
+                 output_subdir: str = "heatmaps", output_dir: str | None = None, ig_steps: int = 16,
+                 sag: dict | None = None) -> None:
         for key, value in (("every_n_epochs", every_n_epochs), ("num_images", num_images), ("ig_steps", ig_steps)):
             if int(value) != value or value < 1:
                 raise ValueError(f"callbacks.heatmaps.{key}={value} must be an integer >= 1")
         self.methods = check_methods(methods, key="callbacks.heatmaps.methods")
         self.every, self.num_images, self.ig_steps = int(every_n_epochs), int(num_images), int(ig_steps)
         self.output_subdir, self.output_dir = output_subdir, output_dir
+        self.sag = None  # structured attention graphs too (glimpse/heatmaps/sag.py settings), off by default
+        if sag is not None:
+            from glimpse.heatmaps.sag import SAGSettings
+
+            self.sag = SAGSettings.from_config(sag)
         self._rendered_step: int | None = None
         self._batch: dict | None = None
 
@@ -78,13 +84,21 @@ class HeatmapCallback(pl.Callback):
             for i in range(images.shape[0])
         ]
         self._log_wandb(trainer, paths, epoch)
+        if self.sag is not None:  # one picture per emitted label, logged as `sag`
+            from glimpse.heatmaps.sag_render import draw_sags
+
+            with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+                sags = draw_sags(pl_module, images, self.sag, out / "sag", title=f"epoch {epoch}, validation image {{i}}")[2]
+            self._log_wandb(trainer, sags, epoch, key="sag")
+            paths += sags
         return paths
 
     @staticmethod
-    def _log_wandb(trainer: pl.Trainer, paths: list[Path], epoch: int) -> None:
+    def _log_wandb(trainer: pl.Trainer, paths: list[Path], epoch: int, key: str = "heatmaps") -> None:
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="heatmaps", images=[str(p) for p in paths],
-                                 caption=[f"epoch {epoch}, image {i}" for i in range(len(paths))], step=trainer.global_step)
+                captions = [f"epoch {epoch}, image {i}" for i in range(len(paths))] if key == "heatmaps" else \
+                    [f"epoch {epoch}, {p.stem}" for p in paths]
+                logger.log_image(key=key, images=[str(p) for p in paths], caption=captions, step=trainer.global_step)
