@@ -60,7 +60,7 @@ def hydra_group(save_dir: str | os.PathLike) -> str | None:
 
 class GlimpseWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` whose checkpoint uploads are never fatal, and which also
-    keeps ``last.ckpt`` (:class:`glimpse.reliability.LastCheckpoint`) as a ``model`` artifact:
+    keeps ``last.ckpt`` (:class:`glimpse.training.last_checkpoint.LastCheckpoint`) as a ``model`` artifact:
     aliases ``best`` (and ``latest`` while it is the newest) on the best checkpoint,
     ``last`` and ``latest`` on the last one."""
 
@@ -153,7 +153,7 @@ class WandbRunRecord(pl.Callback):
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from glimpse.reliability import LastCheckpoint
+        from glimpse.training.last_checkpoint import LastCheckpoint
 
         logger = self._logger(trainer)
         last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
@@ -187,13 +187,19 @@ def training_run(ckpt_path: str | os.PathLike) -> dict | None:
     return dict(record) if isinstance(record, dict) else None
 
 
+def check_max_rows(max_rows: Any) -> int:
+    from glimpse.errors import ConfigError
+
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
+        raise ConfigError(f"wandb.max_rows={max_rows} must be a whole number >= 0 (0: no table)")
+    return max_rows
+
+
 def evaluation_logger(eval_cfg, ckpt_path: str, given: str):
     """The logger config of evaluate.py's ``eval_cfg`` scoring ``ckpt_path`` (``given`` as the
     user wrote it): for W&B, ``job_type=evaluate``, the training run's group, and in the run's
     config the training run and the checkpoint. Other loggers unchanged."""
     from omegaconf import OmegaConf
-
-    from glimpse.evaluation.wandb_table import check_max_rows
 
     cfg = eval_cfg.get("logger")
     if not cfg or cfg.get("_target_") != f"{__name__}.wandb_logger":
@@ -215,7 +221,7 @@ def evaluation_logger(eval_cfg, ckpt_path: str, given: str):
 def download_artifact(reference: str, output_dir: str | os.PathLike) -> str:
     """The ``model.ckpt`` of the model artifact ``wandb:[ENTITY/PROJECT/]NAME:ALIAS``, downloaded
     under ``output_dir/artifacts``; a :class:`~glimpse.run.ConfigError` when W&B cannot fetch it."""
-    from glimpse.run import ConfigError
+    from glimpse.errors import ConfigError
 
     name = reference[len(ARTIFACT_PREFIX):]
     how = (f"give a .ckpt path, or fetch it first with `wandb artifact get {name or 'ENTITY/PROJECT/NAME:ALIAS'}`")

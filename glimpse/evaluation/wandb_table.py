@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from glimpse import multiset
+from glimpse.geometry import cell_centres, cell_geometry, glimpse_hits
 from glimpse.heatmaps.render import _multiset_text
-from glimpse.evaluation.localisation import glimpse_hits
-from glimpse.models.attention import cell_centres, cell_geometry
+from glimpse.loggers import check_max_rows
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,6 @@ def wandb_table(rows: list[dict[str, Any]], class_names: list[str]):
                                                  "meta_steps": steps})
         table.add_data(*[image if c == "image" else row[c] for c in COLUMNS])
     return table
-
-
-def check_max_rows(max_rows: Any) -> int:
-    from glimpse.run import ConfigError
-
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
-        raise ConfigError(f"wandb.max_rows={max_rows} must be a whole number >= 0 (0: no table)")
-    return max_rows
 
 
 def log_evaluation(logger, model, datamodule, split: str, metrics: dict[str, float], report: Path | None,
