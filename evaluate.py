@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from glimpse.evaluation.heatmap_eval import resolve_methods
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.evaluation.stability import collect_maps, stability
-from glimpse.module import load_checkpoint
+from glimpse.baseline_module import load_model
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
 log = logging.getLogger("glimpse")
@@ -34,7 +34,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_paths = [resolve_checkpoint(path, cfg.paths.output_dir) for path in given]
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
-    model = load_checkpoint(ckpt_path)
+    model = load_model(ckpt_path)
+    localises = getattr(model, "localises", True)
+    if not localises:
+        methods = {}
+        log.info("%s is a model without glimpses (model=baseline): localisation and heatmap metrics, trajectories and "
+                 "per-step plots are skipped, as they read the glimpse model's attention and saliency map", ckpt_path)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
         datamodule.use_classes(model.class_names)
@@ -48,15 +53,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         out = cfg.paths.output_dir
         scored = score_split(model, datamodule, cfg.split, methods, cfg.heatmaps.max_images, cfg.heatmaps.perturbation_steps)
         metrics.update(scored["metrics"])
-        if len(ckpt_paths) > 1:
+        if len(ckpt_paths) > 1 and localises:
             metrics.update(compare_models(cfg, ckpt_paths, methods_of, datamodule))
         write_metrics(metrics, out)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items()})
         report = write_report(
-            metrics, out, ckpt_path=ckpt_path, split=cfg.split, pictures=[render_examples(model, datamodule, cfg.split, out)],
+            metrics, out, ckpt_path=ckpt_path, split=cfg.split,
+            pictures=[render_examples(model, datamodule, cfg.split, out)] if localises else [],
             class_names=model.class_names, per_class=scored["per_class"], heatmaps_per_class=scored["heatmaps_per_class"],
-            steps_plot=plot_steps(metrics, out), worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out),
+            steps_plot=plot_steps(metrics, out),
+            worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out) if localises else None,
             cis=intervals(scored["per_image"]),
         )
         log.info("metrics: %s; report: %s", {k: round(v, 4) for k, v in metrics.items()}, report)
