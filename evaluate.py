@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.evaluation.stability import collect_maps, stability
+from glimpse.baseline_module import load_model
 from glimpse.evaluation.wandb_table import log_evaluation
 from glimpse.heatmaps.registry import resolve_methods
 from glimpse.heatmaps.sag import SAGSettings
@@ -40,7 +41,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
     sag_settings = SAGSettings.from_config(OmegaConf.to_container(cfg.sag, resolve=True))  # bad keys fail before the run
-    model = load_checkpoint(ckpt_path)
+    model = load_model(ckpt_path)
+    localises = getattr(model, "localises", True)
+    if not localises:
+        methods = {}
+        log.info("%s is a model without glimpses (model=baseline): localisation, heatmap and SAG metrics, trajectories "
+                 "and per-step plots are skipped, as they read the glimpse model's attention and saliency map", ckpt_path)
     # the channels and image size the model reads come from the checkpoint, unless given
     datamodule = instantiate(data_from_checkpoint(cfg.data, model.hparams, command_line_keys()))
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
@@ -57,18 +63,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         out = cfg.paths.output_dir
         scored = score_split(model, datamodule, cfg.split, methods, cfg.heatmaps.max_images, cfg.heatmaps.perturbation_steps)
         metrics.update(scored["metrics"])
-        if len(ckpt_paths) > 1:
+        if len(ckpt_paths) > 1 and localises:
             metrics.update(compare_models(cfg, ckpt_paths, methods_of, datamodule))
         sag = split_sags(model, datamodule, cfg.split, sag_settings, cfg.sag.num_images, out, trainer.loggers) \
-            if cfg.sag.num_images else {"metrics": {}, "markdown": None}
+            if cfg.sag.num_images and localises else {"metrics": {}, "markdown": None}
         metrics.update(sag["metrics"])
         write_metrics(metrics, out)
         if trainer.logger is not None:
             trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items() | sag["metrics"].items()})
         report = write_report(
-            metrics, out, ckpt_path=ckpt_path, split=cfg.split, pictures=[render_examples(model, datamodule, cfg.split, out)],
+            metrics, out, ckpt_path=ckpt_path, split=cfg.split,
+            pictures=[render_examples(model, datamodule, cfg.split, out)] if localises else [],
             class_names=model.class_names, per_class=scored["per_class"], heatmaps_per_class=scored["heatmaps_per_class"],
-            steps_plot=plot_steps(metrics, out), worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out),
+            steps_plot=plot_steps(metrics, out),
+            worst=render_worst(model, datamodule, cfg.split, scored["image_f1"], out) if localises else None,
             cis=intervals(scored["per_image"]), sag=sag["markdown"],
         )
         log_evaluation(trainer.logger, model, datamodule, cfg.split, metrics, report, cfg.wandb.max_rows)

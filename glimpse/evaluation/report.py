@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from glimpse.evaluation.multilabel import SCORE_KINDS, MultilabelMetrics, class_key, class_scores
 from glimpse.heatmaps.evaluation import HeatmapEvaluation
 from glimpse.heatmaps.render import render_episodes
 from glimpse.localisation import localisation_scores
@@ -39,7 +40,9 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
                 perturbation_steps: int = 10) -> dict:
     """One pass over the split: heatmap metrics per method (on the first ``max_images``), and
     over every image the per-class multiset counts, per-image F1 and the per-image numerators
-    and denominators of the headline metrics, from which the report's bootstrap intervals come.
+    and denominators of the headline metrics, from which the report's bootstrap intervals come;
+    the multi-label and count metrics (:mod:`glimpse.evaluation.multilabel`). A model without
+    glimpses (``model.localises`` false: the baseline) gets no localisation or heatmap metrics.
 
     Returns ``{"metrics", "heatmaps_per_class", "per_class", "image_f1", "per_image"}``;
     ``per_image`` maps a metric key to ``(numerator, denominator)``, one entry per image.
@@ -49,6 +52,9 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
     model.eval()
     evaluation = HeatmapEvaluation(model.policy.num_classes, steps=perturbation_steps)
     k = model.policy.num_classes
+    localises = getattr(model, "localises", True)
+    kinds = SCORE_KINDS if localises else SCORE_KINDS[:1]  # expected counts need the glimpse model's densities
+    multilabel = MultilabelMetrics(k, kinds).to(model.device)
     inter = torch.zeros(k, dtype=torch.long)
     predicted_total = torch.zeros(k, dtype=torch.long)
     target_total = torch.zeros(k, dtype=torch.long)
@@ -69,22 +75,31 @@ def score_split(model, datamodule, split: str, methods: dict, max_images: int | 
             target_total += counts.sum(0).cpu()
             for key, (numerator, denominator) in multiset_fractions(predicted, counts).items():
                 keep(f"multiset/{key}", numerator, denominator)
-            if "boxes" in batch:
+            multilabel.update({kind: class_scores(episode, kind) for kind in kinds}, predicted, counts)
+            if localises and "boxes" in batch:
                 scores = localisation_scores(episode, counts, batch["boxes"], batch["labels"], tuple(batch["image"].shape[-2:]))
                 keep("localisation/glimpse_hit_rate", scores["hits"].sum(-1), scores["scored"].sum(-1))
                 keep("localisation/object_coverage", scores["covered"], scores["objects"])
                 keep("localisation/attention_energy_in_box", scores["energy"].sum(-1), scores["emitted"].sum(-1))
-            if methods and (max_images is None or seen < max_images):
+            if localises and methods and (max_images is None or seen < max_images):
                 with torch.enable_grad():
                     evaluation.update(model, batch, episode, methods)
             seen += counts.shape[0]
     finally:
         model.train(was_training)
     metrics, heatmaps_per_class = evaluation.compute()
+    metrics.update({key: float(v) for key, v in multilabel.compute().items()})
+    labelled = {key: v.cpu().tolist() for key, v in multilabel.per_class().items()}
+    metrics.update({f"count/mae/{class_key(name)}": v for name, v in zip(model.class_names, labelled["count_mae"])})
     per_class = {
         "precision": (inter.double() / predicted_total.clamp(min=1)).tolist(),
         "recall": (inter.double() / target_total.clamp(min=1)).tolist(),
         "objects": target_total.tolist(),
+        "images": labelled["positives"],
+        "AP": labelled[f"AP_{kinds[0]}"],
+        "set_precision": labelled["precision"],
+        "set_recall": labelled["recall"],
+        "count_mae": labelled["count_mae"],
     }
     per_image = {key: tuple(torch.cat(column) for column in zip(*pairs)) for key, pairs in parts.items()}
     num, den = per_image.get("multiset/f1", (torch.zeros(0), torch.zeros(0)))
@@ -142,19 +157,30 @@ def _metric_table(metrics: dict[str, float], cis: dict[str, tuple[float, float]]
         if name in metrics:
             rows.append(f"| `{name}` | {fmt(metrics.get(name))} | {ci(name)} | "
                         f"{fmt(metrics.get(f'localisation/random/{key}'))} | {fmt(metrics.get(f'localisation/saliency/{key}'))} |")
-    rest = [k for k in sorted(metrics) if not k.startswith("localisation/")]
+    rest = [k for k in sorted(metrics) if not k.startswith(("localisation/", "count/mae/"))]  # per class: the class table
     rows += [f"| `{k}` | {metrics[k]:.4f} | {ci(k)} | | |" for k in rest]
     return "\n".join(rows)
 
 
+# per-class columns of the report: (heading, key of score_split's per_class, format)
+CLASS_COLUMNS = (
+    ("objects", "objects", "{}"), ("images", "images", "{}"), ("precision", "precision", "{:.3f}"),
+    ("recall", "recall", "{:.3f}"), ("AP", "AP", "{:.3f}"), ("label-set precision", "set_precision", "{:.3f}"),
+    ("label-set recall", "set_recall", "{:.3f}"), ("count MAE", "count_mae", "{:.3f}"),
+)
+
+
 def _class_table(class_names: list[str], per_class: dict, heatmaps_per_class: dict) -> str:
+    """One row per class, by name: multiset precision and recall (copies matched), average
+    precision of the class score, precision and recall of the label set, count MAE, pointing games."""
     methods = list(heatmaps_per_class)
-    head = "| class | objects | precision | recall |" + "".join(f" pointing game ({m}) |" for m in methods)
-    rows = [head, "|" + "---|" * (4 + len(methods))]
+    columns = [c for c in CLASS_COLUMNS if c[1] in per_class]
+    head = "| class |" + "".join(f" {c[0]} |" for c in columns) + "".join(f" pointing game ({m}) |" for m in methods)
+    rows = [head, "|---|" + "---:|" * (len(columns) + len(methods))]
     for c, name in enumerate(class_names):
-        cells = [f"{heatmaps_per_class[m]['pointing_game'][c]:.3f}" for m in methods]
-        rows.append(f"| {name} | {per_class['objects'][c]} | {per_class['precision'][c]:.3f} | {per_class['recall'][c]:.3f} | "
-                    + " | ".join(cells) + (" |" if cells else ""))
+        cells = [fmt.format(per_class[key][c]) for _, key, fmt in columns]
+        cells += [f"{heatmaps_per_class[m]['pointing_game'][c]:.3f}" for m in methods]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -178,15 +204,19 @@ def write_report(
         _metric_table(metrics, cis) + "\n",
     ]
     if class_names and per_class:
-        parts += ["## Per class\n", _class_table(class_names, per_class, heatmaps_per_class or {}) + "\n"]
+        parts += ["## Per class\n", "precision and recall: of the emitted multisets, copies matched; AP: average precision "
+                  "of the class score over the images; label-set precision and recall: a class counts as named when "
+                  "the multiset holds it at least once (what CP and CR average); count MAE: mean absolute error of "
+                  "the class's count per image.\n", _class_table(class_names, per_class, heatmaps_per_class or {}) + "\n"]
     if steps_plot:
         parts += ["## Per meta step\n", f"![steps]({steps_plot.name})\n"]
-    parts += [
+    if figures:
+        parts += [
         "## Example trajectories\n",
         "Green: ground-truth boxes. Numbered circles: the cell each meta step attended, with the label it "
         "emitted; dots: its glimpses. Bottom row: the saliency map. A red title marks a wrong multiset.\n",
         figures + "\n",
-    ]
+        ]
     if worst:
         parts += ["## Worst images (lowest F1)\n", f"![worst]({worst.name})\n"]
     if sag:  # structured attention graphs (glimpse/heatmaps/sag_render.py: sag_markdown)
