@@ -40,7 +40,7 @@ class MultisetMNISTDataModule(ResumableOrder, pl.LightningDataModule):
         self.setup()  # validate the canvas arguments now, before a run starts writing anything
         reference = self.datasets["train"]
         self.num_classes = reference.num_classes
-        self.class_names = [str(c) for c in range(self.num_classes)]
+        self.class_names = reference.class_names
         self.max_objects = reference.max_digits
 
     def setup(self, stage: str | None = None) -> None:

