@@ -41,7 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.loggers = [logger]
         logger.log_hyperparams(dict(cfg=dict(model.hparams)))
 
-    # our own checkpoints hold numpy RNG states, which torch's weights-only loader refuses
+    # the project's checkpoints hold numpy RNG states, which torch's weights-only loader refuses
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if ckpt_path and not metrics:  # resumed a run that had finished fitting: keep its validation numbers

@@ -4,7 +4,7 @@ Runs the real evaluate() (multiset and localisation metrics with both baselines,
 heatmap method's pointing game, energy pointing game and deletion/insertion AUC, the
 bootstrap intervals, the report and its pictures) and, in the same run on the same images,
 the floor: one greedy rollout of the model over the split. Prints both, and their ratio
-(absolute times drift on a shared machine). Goal (issue 4): the whole evaluation in at most
+(absolute times drift on a shared machine). Goal: the whole evaluation in at most
 5 minutes on two CPU cores.
 
     python benchmarks/evaluation.py CKPT [--images 2000] [--methods saliency_map ...] [--breakdown]

@@ -2,7 +2,7 @@
 
 The glimpse model's right labels on the first ``--images`` test images are the targets (the
 targets evaluate.py scores). Each method makes one map per target; the time per map is the
-method's wall time over the batch divided by the number of targets. Goal (issue 9): the
+method's wall time over the batch divided by the number of targets. Goal: the
 Explainer at least 100x faster per map than iGOS++.
 
 Integrated Gradients: the attribution issue's IG is not in main yet, so this file has its own

@@ -79,7 +79,7 @@ def test_gradient_and_ig_equal_captum(case):
     for rule in ("riemann_trapezoid", "riemann_middle", "riemann_left"):
         ours = attribute(model, images, targets[:, :1], ["integrated_gradients"], ig_steps=7, ig_rule=rule)["integrated_gradients"]
         ref = captum_attr().IntegratedGradients(model).attribute(images, target=targets[:, 0], n_steps=7, method=rule).sum(1)
-        if rule == "riemann_trapezoid":  # captum's trapezoid weights are 1/n (sum (n-1)/n); ours 1/(n-1) (sum 1)
+        if rule == "riemann_trapezoid":  # captum's trapezoid weights are 1/n (sum (n-1)/n); glimpse's 1/(n-1) (sum 1)
             ref = ref * 7 / 6
         assert torch.allclose(ours[:, 0], ref, atol=1e-5), rule
 

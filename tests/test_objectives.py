@@ -124,7 +124,7 @@ def test_attention_reward_pays_for_unnamed_density_under_the_mask():
     assert math.isclose(out["location_reward"].item(), 2.0, rel_tol=1e-6)
 
 
-# -- objective variants (issue 6) -------------------------------------------------------------------
+# -- objective variants -----------------------------------------------------------------------------
 
 from glimpse import multiset  # noqa: E402
 from glimpse.objectives import OracleRollIn  # noqa: E402

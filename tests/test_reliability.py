@@ -387,7 +387,7 @@ def test_data_workers_block_sigterm_and_keep_lightnings_worker_seeding(monkeypat
         _WorkerDraws(), batch_size=2, sampler=SeededOrder(4, 5, True), generator=torch.Generator().manual_seed(5),
         num_workers=1, worker_init_fn=partial(pl_worker_init_function, rank=0))))
     assert torch.equal(ours[:, :2], lightnings[:, :2])
-    assert ours[:, 2].eq(1).all() and lightnings[:, 2].eq(0).all()  # only ours leaves SIGTERM to its thread
+    assert ours[:, 2].eq(1).all() and lightnings[:, 2].eq(0).all()  # only glimpse's handler leaves SIGTERM to its thread
 
 
 def test_seeded_order_resumes_mid_epoch():

@@ -1,6 +1,6 @@
 """COCO-format folders (MS-COCO 2014/2017, or anyone's own data): images + one instances JSON.
 
-pycocotools indexes the file; we read the JSON ourselves first so that a file that is not
+pycocotools indexes the file; the JSON is read here first so that a file that is not
 JSON, or not an instances file, is an error naming it. Crowd annotations (``iscrowd=1``,
 one region covering many instances) are not countable and stay out of the multiset.
 """

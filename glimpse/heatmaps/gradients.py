@@ -134,7 +134,7 @@ def graph_from_layer(captured: list[Tensor]) -> Callable:
         torch.set_grad_enabled(True)  # the enclosing no_grad() restores the mode when the forward ends
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
-        return leaf.clone()  # in-place ops after the layer act on the copy, not on what we read
+        return leaf.clone()  # in-place ops after the layer act on the copy, not on what was read
 
     return hook
 
@@ -277,7 +277,7 @@ def attribute(
 
     def hook(module, args, output):
         captured.append(output)
-        return output.clone()  # later in-place ops (e.g. ReLU(inplace=True)) must not change what we read
+        return output.clone()  # later in-place ops (e.g. ReLU(inplace=True)) must not change what was read
 
     was_training = model.training
     devices = [images.device] if images.device.type == "cuda" else []

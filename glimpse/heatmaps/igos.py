@@ -15,7 +15,7 @@ over ``ig_steps`` masks on the straight path from "nothing changed" to the curre
 (``1 - a (1 - m_d)`` and ``a m_i``, ``a = 1/S .. 1``), so the gradient is summed along the
 path instead of read at one point where the score may be saturated. Each of ``iterations``
 steps moves the masks by ``lr`` times the direction normalised by its largest entry (a fixed
-iteration count, no line search: our simplification of the paper's backtracking), then clips
+iteration count, no line search: a simplification of the paper's backtracking), then clips
 them to [0, 1]. The heatmap is ``((1 - m_d) + m_i) / 2``: high where deleting the pixels
 destroys the score and inserting them restores it.
 

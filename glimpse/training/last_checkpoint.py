@@ -70,7 +70,7 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_save = time.monotonic()
         self._sigterm = False
-        try:  # after Lightning's own handler; ours saves first, the previous one comes back at the end
+        try:  # after Lightning's own handler; this one saves first, the previous one comes back at the end
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread
             self._previous_handler = None
