@@ -138,16 +138,22 @@ import sys
 BLOCKED = {"captum", "pytorch_grad_cam", "torchcam", "hypothesis"}
 
 
-class Blocker:
-    """The core install: the test extras cannot be imported."""
+class Hide:
+    """The core install: the test extras are not found (find_spec gives None, import fails)."""
+
+    def __init__(self, finder):
+        self.finder = finder
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return None
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
 
 
-sys.meta_path.insert(0, Blocker())
+sys.meta_path[:] = [Hide(finder) for finder in sys.meta_path]
 '''
 
 

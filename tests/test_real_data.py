@@ -414,3 +414,26 @@ def test_bad_input_exits_2_from_train(tmp_path, bad):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_smoke_experiment_on_voc_with_resnet18_the_command_as_documented(voc_root, tmp_path):
+    """``python train.py experiment=smoke data=voc data.root=... model=resnet18``: the smoke run's
+    sizes cap the photo splits (train_size / val_size / test_size: the first N images)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=smoke", "data=voc", f"data.root={voc_root}",
+                           "model=resnet18", "logger=none", f"paths.output_dir={out}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["test/multiset/f1"] <= 1 and (out / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()), "the smoke's heatmaps on photographs"
+
+
+def test_photo_split_sizes_keep_the_first_images(voc_root):
+    dm = VOCDataModule(root=str(voc_root), train_size=2, val_size=1, test_size=1, **SMALL)
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [2, 1, 1]
+    full = VOCDataModule(root=str(voc_root), **SMALL)
+    assert torch.equal(dm.datasets["test"][0]["image"], full.datasets["test"][0]["image"])
+    with pytest.raises(ValueError, match=r"data.train_size=0: the first N images"):
+        VOCDataModule(root=str(voc_root), train_size=0, **SMALL)

@@ -112,3 +112,31 @@ def test_evaluate_missing_or_foreign_checkpoint(tmp_path):
                f"paths.output_dir={tmp_path / 'c'}", check=False)
     assert proc.returncode == 2 and "gradcam_typo" in proc.stderr and "saliency_map" in proc.stderr
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+@pytest.mark.slow  # about 400 optimiser steps: a minute or two on 2 idle cores
+def test_a_trained_model_beats_the_best_constant_prediction_on_the_same_images(tmp_path):
+    """One digit per canvas: the trained model names it better than any constant guess (the
+    test split's most frequent digit, chosen with hindsight) on the same 128 test canvases."""
+    import torch
+
+    from glimpse.data.datamodule import MultisetMNISTDataModule
+    from glimpse.evaluation.metrics import MultisetMetrics
+
+    sizes = ["data.min_digits=1", "data.max_digits=1", "data.train_size=2048", "data.val_size=128", "data.test_size=128"]
+    run("train.py", "experiment=smoke", "logger=none", *sizes, "trainer.max_epochs=6", "callbacks.heatmaps=null",
+        "callbacks.heatmap_metrics=null", f"paths.output_dir={tmp_path}")
+    trained = json.loads((tmp_path / "metrics.json").read_text())["test/multiset/f1"]
+    data = MultisetMNISTDataModule(train_size=1, val_size=1, test_size=128, min_digits=1, max_digits=1, batch_size=32)
+    data.setup()
+    test = data.datasets["test"]
+    counts = torch.stack([test[i]["counts"] for i in range(len(test))])
+    constant = []
+    for digit in range(10):
+        metrics = MultisetMetrics()
+        guess = torch.zeros_like(counts)
+        guess[:, digit] = 1
+        metrics.update(guess, counts)
+        constant.append(float(metrics.compute()["multiset/f1"]))
+    assert max(constant) == pytest.approx(23 / 128)  # the digit 6, 23 of the 128 canvases
+    assert trained > max(constant) + 0.1, (trained, max(constant))

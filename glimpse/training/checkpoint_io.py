@@ -22,7 +22,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                writer = _Writes(f)
+                try:
+                    torch.save(checkpoint, writer)
+                except RuntimeError as err:  # torch's zip writer turns a failed write into a RuntimeError
+                    raise (writer.error or OSError(str(err))) from err
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -31,6 +35,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             kept = "the previous checkpoint there is kept" if path.exists() else "no checkpoint was there before"
             raise RunFault(f"could not write checkpoint {path} ({err.strerror or err}); {kept}") from err
+
+
+class _Writes:
+    """A binary file that remembers the OSError of a failed write (disk full, file too large),
+    which torch's serializer reports only as a RuntimeError."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,109 @@
+"""Every option of every config group composes (and builds what it describes), and every
+data x model pair that runs on a CPU trains, validates and tests one batch under
+``experiment=smoke``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from glimpse.run import instantiate_logger
+from test_real_data import _coco_folder, _script, voc_root  # noqa: F401  (voc_root is a fixture)
+
+CONFIGS = ROOT / "configs"
+GROUPS = ("data", "model", "objective", "trainer", "logger", "callbacks", "experiment")
+NOT_AN_OPTION = {"data/photo_common"}  # the keys data=coco and data=voc share, not a dataset by itself
+
+
+def options(group: str) -> list[str]:
+    names = sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    return [name for name in names if f"{group}/{name}" not in NOT_AN_OPTION]
+
+
+def compose_config(overrides: list[str], config: str = "train"):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config, overrides=overrides)
+
+
+def test_the_groups_have_the_options_the_docs_name():
+    assert options("data") == ["coco", "mnist_multi_10", "mnist_multi_1_4", "mnist_multi_1_4_set", "mnist_multi_4",
+                               "mnist_multi_4_set", "multiset_mnist", "voc"]
+    assert options("model") == ["explainer", "glimpse", "resnet18", "resnet34"]
+    assert options("trainer") == ["ddp", "default", "gpu"] and options("experiment") == ["explainer", "smoke"]
+    assert len(options("objective")) == 11 and options("logger") == ["csv", "none", "wandb"]
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option, tmp_path):
+    cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)  # every interpolation has a value
+    assert cfg.paths.output_dir == str(tmp_path)
+    if group == "trainer":
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+        if option == "default":
+            assert isinstance(instantiate(cfg.trainer, logger=False), pl.Trainer)
+        return  # gpu and ddp: composed only (no GPU, and DDP has its own slow test)
+    if group == "logger":
+        if option == "wandb":
+            cfg.logger.mode = "disabled"
+        logger = instantiate_logger(cfg.logger)
+        assert logger is False if option == "none" else isinstance(logger, pl.loggers.Logger)
+    if group == "callbacks":
+        built = [instantiate(c) for c in cfg.callbacks.values() if c and "_target_" in c]
+        assert built and all(hasattr(c, "on_train_start") for c in built)
+    if group == "objective":  # the model builds with it
+        model = instantiate(cfg.model, _recursive_=False, num_classes=10, class_names=[str(d) for d in range(10)],
+                            max_steps=5)
+        assert model.hparams["objective"]["label_loss"] == cfg.objective.label_loss
+    if group == "experiment" and option == "explainer":
+        assert cfg.model._target_.endswith("ExplainerModule") and "ckpt_path" in cfg and cfg.explain.glimpse_ckpt is None
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_evaluate_and_the_explainer_experiment_compose_with_every_data_config(data, tmp_path):
+    cfg = compose_config([f"data={data}", "ckpt_path=x.ckpt", f"paths.output_dir={tmp_path}"], config="evaluate")
+    assert cfg.data._target_.startswith("glimpse.data.")
+    cfg = compose_config([f"data={data}", "experiment=explainer", "explain.glimpse_ckpt=x.ckpt",
+                          f"paths.output_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.model.glimpse_ckpt == "x.ckpt"
+
+
+# one batch of training, validation and test, on 2 CPU threads shared with others: tiny sizes
+ONE_BATCH = ["experiment=smoke", "logger=none", "data.train_size=2", "data.val_size=2", "data.test_size=2",
+             "data.batch_size=2", "model.policy.hidden=16", "model.policy.key_dim=16", "model.policy.label_dim=8",
+             "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+             "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+             "+trainer.enable_model_summary=false", "callbacks.heatmaps=null", "callbacks.heatmap_metrics=null",
+             "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "+trainer.enable_checkpointing=false"]
+CPU_MODELS = ("glimpse", "resnet18", "resnet34")  # the explainer needs a glimpse checkpoint: tests/test_explain.py
+
+
+@pytest.fixture()
+def data_folders(tmp_path, voc_root):  # noqa: F811
+    coco_ann = _coco_folder(tmp_path / "coco")
+    return {
+        "coco": [f"data.root={tmp_path / 'coco' / 'images'}", f"data.ann_file={coco_ann}", f"data.val_ann_file={coco_ann}",
+                 "data.image_size=64"],
+        "voc": [f"data.root={voc_root}", "data.image_size=64"],
+    }
+
+
+@pytest.mark.parametrize("model", CPU_MODELS)
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_and_model_pair_trains_one_batch_under_the_smoke_experiment(data, model, data_folders, tmp_path):
+    overrides = [f"data={data}", f"model={model}", *ONE_BATCH, *data_folders.get(data, []),
+                 f"paths.output_dir={tmp_path / 'run'}"]
+    if model != "glimpse":
+        overrides.append("model.policy.backbone.stages=2")  # stride 8: a grid on 64 px photos and 100 px canvases
+    cfg = compose_config(overrides)
+    metrics = _script("train").train(cfg)
+    assert {"val/multiset/f1", "test/multiset/f1", "test/localisation/glimpse_hit_rate"} <= set(metrics)
+    multiset = {k: v for k, v in metrics.items() if "/multiset/" in k}
+    assert len(multiset) == 8 and all(0 <= v <= 1 for v in multiset.values()), multiset
+    assert Path(tmp_path / "run" / "metrics.json").is_file()
