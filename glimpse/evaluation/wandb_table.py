@@ -7,9 +7,9 @@ attended, captioned ``step: class``); the true and the predicted multiset; exact
 the glimpse hits (steps whose final glimpse claimed a box of the class they named); the
 number of meta steps (STOP included); the class of each step.
 
-    python -m glimpse.evaluation.wandb_table RUN_DIR/wandb/offline-run-* docs/wandb_table.png
+    python -m glimpse.evaluation.wandb_table RUN_DIR/wandb/offline-run-* docs/wandb_table.png [MIN_OBJECTS]
 
-draws the rows of a logged table back from an offline run (lowest F1 first).
+draws rows of a logged table back from an offline run (lowest F1 first).
 """
 from __future__ import annotations
 
@@ -185,9 +185,10 @@ def read_table(run_dir: str | Path, key: str | None = None) -> tuple[list[str], 
     return table["columns"], table["data"], files
 
 
-def draw_table(run_dir: str | Path, path: str | Path, count: int = 6, key: str | None = None) -> Path:
-    """Draw ``count`` rows of a logged table (lowest F1 first, as a user sorting by F1 sees
-    them): each row's image with its box layers, and its columns beside it."""
+def draw_table(run_dir: str | Path, path: str | Path, count: int = 6, min_objects: int = 0, key: str | None = None) -> Path:
+    """Draw ``count`` rows of a logged table, lowest F1 first (as a user sorting by F1 sees
+    them), of the images with at least ``min_objects`` objects: each row's image with its box
+    layers, its columns below it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,26 +196,30 @@ def draw_table(run_dir: str | Path, path: str | Path, count: int = 6, key: str |
     from matplotlib.patches import Rectangle
 
     columns, data, files = read_table(run_dir, key)
-    rows = sorted(data, key=lambda r: r[columns.index("f1")])[:count]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(8, 2.6 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6]})
-    for (left, right), row in zip(axes, rows):
-        cell = row[columns.index("image")]
-        left.imshow(plt.imread(files[cell["path"]]))
-        left.set_xticks([]), left.set_yticks([])
+    at = columns.index
+    chosen = [r for r in data if len(r[at("image")].get("boxes", {}).get("ground_truth", [])) >= min_objects]
+    rows = sorted(chosen, key=lambda r: r[at("f1")])[:count]
+    width = min(3, len(rows))
+    height = -(-len(rows) // width)
+    fig, axes = plt.subplots(height, width, figsize=(3.4 * width, 5.0 * height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        cell = row[at("image")]
+        ax.imshow(plt.imread(files[cell["path"]]))
         for layer, colour in (("ground_truth", "lime"), ("meta_steps", "white")):
             for box in cell.get("boxes", {}).get(layer, []):
                 p = box["position"]
-                left.add_patch(Rectangle((p["minX"], p["minY"]), p["maxX"] - p["minX"], p["maxY"] - p["minY"],
-                                         fill=False, ec=colour, lw=1, ls="-" if layer == "ground_truth" else ":"))
-                left.text(p["minX"], p["minY"] - 2, box.get("box_caption", ""), color=colour, fontsize=7,
-                          va="bottom", bbox=dict(fc="black", alpha=0.5, lw=0, pad=0.5))
-        right.axis("off")
+                ax.add_patch(Rectangle((p["minX"], p["minY"]), p["maxX"] - p["minX"], p["maxY"] - p["minY"],
+                                       fill=False, ec=colour, lw=1, ls="-" if layer == "ground_truth" else ":"))
+                ax.text(p["minX"], p["minY"] - 2, box.get("box_caption", ""), color=colour, fontsize=7,
+                        va="bottom", bbox=dict(fc="black", alpha=0.5, lw=0, pad=0.5))
         text = "\n".join(f"{c}: {v:.3f}" if isinstance(v, float) else f"{c}: {v}"
                          for c, v in zip(columns, row) if c != "image")
-        right.text(0, 0.5, text, fontsize=8, va="center", family="monospace")
-    fig.suptitle("W&B evaluation table, lowest F1 first (green: ground_truth layer, dotted: meta_steps layer)",
-                 fontsize=9)
+        ax.text(0, -0.03, text, transform=ax.transAxes, fontsize=7.5, va="top", family="monospace")
+    which = f"images with at least {min_objects} objects, " if min_objects else ""
+    fig.suptitle(f"Rows of the W&B evaluation table ({which}lowest F1 first). Green: the ground_truth box layer; "
+                 "dotted: the meta_steps layer", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -224,6 +229,6 @@ def draw_table(run_dir: str | Path, path: str | Path, count: int = 6, key: str |
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m glimpse.evaluation.wandb_table OFFLINE_RUN_DIR OUT.png")
-    print(draw_table(sys.argv[1], sys.argv[2]))
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m glimpse.evaluation.wandb_table OFFLINE_RUN_DIR OUT.png [MIN_OBJECTS]")
+    print(draw_table(sys.argv[1], sys.argv[2], min_objects=int(sys.argv[3]) if len(sys.argv) == 4 else 0))
