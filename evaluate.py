@@ -15,7 +15,7 @@ from glimpse.evaluation.heatmap_eval import resolve_methods
 from glimpse.evaluation.report import intervals, plot_steps, render_examples, render_worst, score_split, write_report
 from glimpse.evaluation.stability import collect_maps, stability
 from glimpse.heatmaps.sag import SAGSettings
-from glimpse.heatmaps.sag_render import split_sags
+from glimpse.heatmaps.sag_render import check_num_images, split_sags
 from glimpse.module import load_checkpoint
 from glimpse.run import ConfigError, instantiate_logger, resolve_checkpoint, user_errors, write_metrics
 
@@ -36,7 +36,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_paths = [resolve_checkpoint(path, cfg.paths.output_dir) for path in given]
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
-    sag_settings = SAGSettings.from_config(OmegaConf.to_container(cfg.sag, resolve=True))  # bad keys fail before the run
+    sag_settings = SAGSettings.from_config(OmegaConf.to_container(cfg.sag, resolve=True))  # bad values fail before the run
+    check_num_images(cfg.sag.num_images)
     model = load_checkpoint(ckpt_path)
     datamodule = instantiate(cfg.data)
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's
@@ -58,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics.update(sag["metrics"])
         write_metrics(metrics, out)
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items() | sag["metrics"].items()})
+            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in {**scored["metrics"], **sag["metrics"]}.items()})
         report = write_report(
             metrics, out, ckpt_path=ckpt_path, split=cfg.split, pictures=[render_examples(model, datamodule, cfg.split, out)],
             class_names=model.class_names, per_class=scored["per_class"], heatmaps_per_class=scored["heatmaps_per_class"],
