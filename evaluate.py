@@ -17,7 +17,7 @@ from glimpse.baseline_module import load_model
 from glimpse.evaluation.wandb_table import log_evaluation
 from glimpse.heatmaps.registry import resolve_methods
 from glimpse.heatmaps.sag import SAGSettings
-from glimpse.heatmaps.sag_render import split_sags
+from glimpse.heatmaps.sag_render import check_num_images, split_sags
 from glimpse.loggers import evaluation_logger
 from glimpse.module import load_checkpoint
 from glimpse.run import (ConfigError, command, command_line_keys, data_from_checkpoint, instantiate_logger, record_run,
@@ -40,7 +40,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_paths = [resolve_checkpoint(path, cfg.paths.output_dir) for path in given]
     methods_of = [methods_for(cfg, i, len(ckpt_paths)) for i in range(len(ckpt_paths))]
     methods, ckpt_path = methods_of[0], ckpt_paths[0]
-    sag_settings = SAGSettings.from_config(OmegaConf.to_container(cfg.sag, resolve=True))  # bad keys fail before the run
+    sag_settings = SAGSettings.from_config(OmegaConf.to_container(cfg.sag, resolve=True))  # bad values fail before the run
+    check_num_images(cfg.sag.num_images)
     model = load_model(ckpt_path)
     localises = getattr(model, "localises", True)
     if not localises:
@@ -70,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics.update(sag["metrics"])
         write_metrics(metrics, out)
         if trainer.logger is not None:
-            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in scored["metrics"].items() | sag["metrics"].items()})
+            trainer.logger.log_metrics({f"{prefix}{k}": v for k, v in {**scored["metrics"], **sag["metrics"]}.items()})
         report = write_report(
             metrics, out, ckpt_path=ckpt_path, split=cfg.split,
             pictures=[render_examples(model, datamodule, cfg.split, out)] if localises else [],

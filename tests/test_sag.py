@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from glimpse.heatmaps.sag import (SAGSettings, composite, diverse_subset, patch_masks, structured_attention_graphs)
+from glimpse.heatmaps.sag import SAGSettings, composite, diverse_subset, patch_masks, structured_attention_graphs
+from glimpse.heatmaps.sag_render import check_num_images
 
 PATCH = 5  # odd: the centre pixel of a patch shows exactly the patch's mask value (bilinear upsampling)
 
@@ -153,6 +154,8 @@ def test_bad_settings_name_the_key():
         SAGSettings(grid=0)
     with pytest.raises(ValueError, match=r"sag\.baseline='grey'.*black"):
         SAGSettings(baseline="grey")
+    with pytest.raises(ValueError, match=r"sag\.num_images=-1 must be an integer >= 0"):
+        check_num_images(-1)
     with pytest.raises(ValueError, match=r"sag has unknown keys \['beam'\]"):
         SAGSettings.from_config({"beam": 3, "num_images": 2})
 

@@ -30,7 +30,8 @@ successor of a beam step, every pruning round and every child of a graph level (
 decisions at once) goes through the model in one batched forward pass, chunked to bound memory.
 For the glimpse model the decision of meta step ``t`` is the label it emitted, scored on the
 composite with the step's recorded glimpse actions replayed, as deletion and insertion score it
-(:func:`~glimpse.heatmaps.replay.replay_score`).
+(:func:`~glimpse.heatmaps.replay.replay`, :func:`~glimpse.heatmaps.targets.label_probability`);
+a patch set asked for by several labels of one image is one composite, replayed once for all.
 """
 from __future__ import annotations
 
@@ -46,12 +47,12 @@ from torch import Tensor, nn
 
 from glimpse.geometry import upsample_cells
 from glimpse.heatmaps.gradients import METHODS, attribute
-from glimpse.heatmaps.replay import attribute_targets, replay_score
+from glimpse.heatmaps.replay import attribute_targets, replay
 from glimpse.heatmaps.scores import blur
-from glimpse.heatmaps.targets import emitted_targets
+from glimpse.heatmaps.targets import emitted_targets, label_probability
 from glimpse.models.inference import inference_copy
 
-Score = Callable[[Tensor, Tensor], Tensor]  # (composites (n, C, H, W), decision rows (n,)) -> probability (n,)
+Score = Callable[[Tensor, Tensor, Tensor], Tensor]  # (composites (u, C, H, W), rows (n,), which (n,)) -> probability (n,)
 PatchSet = frozenset  # flat patch indices, row-major in the grid
 Search = Generator[list, Tensor, object]  # yields patch sets to score, is sent their probabilities
 BASELINES = ("black", "blurred")
@@ -280,16 +281,18 @@ def decision_search(ranking: Sequence[int], full: float, s: SAGSettings) -> Sear
 # ---- scoring all searches in lockstep ---------------------------------------------------------------
 
 
-def run_searches(searches: list[Search], score_sets: Callable[[list[PatchSet], Tensor], Tensor], chunk: int) -> list:
-    """Run the ``searches`` together: each round, the patch sets all of them ask for are scored
-    by ``score_sets(sets, rows)`` (``rows``: which search asked) in chunks of ``chunk``, and
-    each search gets its probabilities. Returns each search's result."""
+def run_searches(searches: list[Search], score_sets: Callable[[list[PatchSet], Tensor], Tensor]) -> list:
+    """Run the ``searches`` together: each round, the patch sets all of them ask for (each search's
+    sets scored before answered from its cache) are scored by one ``score_sets(sets, rows)`` call
+    (``rows``: which search asked), and each search gets its probabilities. Returns each search's
+    result."""
     results: list = [None] * len(searches)
     asking: dict[int, list[PatchSet]] = {}
+    cache: dict[tuple[int, PatchSet], float] = {}
 
-    def advance(i: int, value: Tensor | None) -> None:
+    def advance(i: int, value: list[float] | None) -> None:
         try:
-            asking[i] = searches[i].send(value)
+            asking[i] = searches[i].send(None if value is None else torch.tensor(value, dtype=torch.float64))
         except StopIteration as stop:
             results[i] = stop.value
             asking.pop(i, None)
@@ -298,42 +301,65 @@ def run_searches(searches: list[Search], score_sets: Callable[[list[PatchSet], T
         advance(i, None)
     while asking:
         order = list(asking)
-        sets = [x for i in order for x in asking[i]]
-        rows = torch.tensor([i for i in order for _ in asking[i]], dtype=torch.long)
-        probabilities = torch.cat([score_sets(sets[k : k + chunk], rows[k : k + chunk]) for k in range(0, len(sets), chunk)])
-        start = 0
+        todo = list(dict.fromkeys((i, x) for i in order for x in asking[i] if (i, x) not in cache))
+        if todo:
+            rows = torch.tensor([i for i, _ in todo], dtype=torch.long)
+            cache.update(zip(todo, score_sets([x for _, x in todo], rows).tolist()))
         for i in order:
-            count = len(asking[i])
-            advance(i, probabilities[start : start + count].cpu())
-            start += count
+            advance(i, [cache[i, x] for x in asking[i]])
     return results
 
 
 def search_graphs(images: Tensor, targets: Tensor, score: Score, maps: Tensor, settings: SAGSettings,
-                  lockstep: bool = True) -> list[SAG]:
+                  sources: Tensor | None = None, lockstep: bool = True) -> list[SAG]:
     """The SAGs of decisions ``images (N, C, H, W)`` x ``targets (N,)``, given the model's
-    ``score(composites, rows)`` (probability of row ``rows[i]``'s target on composite ``i``) and
-    the ranking attribution ``maps (N, H, W)``. ``lockstep=False`` runs one decision at a time
-    (with ``settings.chunk=1``: one composite per forward pass, the unbatched reference)."""
+    ``score(composites (u, ...), rows (n,), which (n,))`` (the probability of decision
+    ``rows[i]``'s target on composite ``which[i]``) and the ranking attribution ``maps (N, H, W)``.
+
+    Decisions with the same ``sources`` entry (default: all different) explain the same image, so a
+    patch set asked for by several of them is one composite, scored once for all of them (the
+    glimpse model's emitted labels of one image: one replay gives every step's label). Composites
+    go through ``score`` in chunks of ``settings.chunk``. ``lockstep=False`` runs one decision at a
+    time (with ``settings.chunk=1``: one composite per forward pass, the unbatched reference).
+    """
     s = settings
     baselines = blur(images, s.blur_sigma) if s.baseline == "blurred" else torch.zeros_like(images)
     ranking = patch_ranking(maps, s.grid).tolist()
     every = torch.arange(len(images), device=images.device)
+    sources = every.tolist() if sources is None else torch.as_tensor(sources).tolist()
     with torch.no_grad():
-        full = torch.cat([score(images[k : k + s.chunk], every[k : k + s.chunk]) for k in range(0, len(images), s.chunk)])
-    full = full.tolist()
+        full = torch.cat([score(images[k : k + s.chunk], every[k : k + s.chunk], every[: len(every[k : k + s.chunk])])
+                          for k in range(0, len(images), s.chunk)]).tolist()
 
     def score_sets(sets: list[PatchSet], rows: Tensor) -> Tensor:
+        """Probabilities ``(n,)`` of ``sets`` for decisions ``rows``, each distinct composite once."""
+        composites: dict[tuple[int, PatchSet], int] = {}
+        first: list[int] = []  # a decision row showing each distinct composite's image
+        which = []
+        for k, (row, x) in enumerate(zip(rows.tolist(), sets)):
+            key = (sources[row], x)
+            if key not in composites:
+                composites[key] = len(first)
+                first.append(k)
+            which.append(composites[key])
+        which_t = torch.tensor(which, dtype=torch.long, device=images.device)
         rows = rows.to(images.device)
-        masks = patch_masks(sets, s.grid, images.device)
-        with torch.no_grad():
-            return score(composite(images[rows], baselines[rows], masks), rows)
+        out = torch.empty(len(sets), dtype=torch.float64)
+        for start in range(0, len(first), s.chunk):
+            part = first[start : start + s.chunk]
+            asked = ((which_t >= start) & (which_t < start + len(part))).nonzero()[:, 0]
+            shown = rows[part]
+            masks = patch_masks([sets[k] for k in part], s.grid, images.device)
+            with torch.no_grad():
+                x = composite(images[shown], baselines[shown], masks)
+                out[asked.cpu()] = score(x, rows[asked], which_t[asked] - start).double().cpu()
+        return out
 
     searches = [decision_search(ranking[i], full[i], s) for i in range(len(images))]
     if lockstep:
-        results = run_searches(searches, score_sets, s.chunk)
+        results = run_searches(searches, score_sets)
     else:  # one decision at a time, rows still naming the decision
-        results = [run_searches([search], lambda sets, rows, i=i: score_sets(sets, torch.full_like(rows, i)), s.chunk)[0]
+        results = [run_searches([search], lambda sets, rows, i=i: score_sets(sets, torch.full_like(rows, i)))[0]
                    for i, search in enumerate(searches)]
     out = []
     for i, (roots, diverse, graph) in enumerate(results):
@@ -360,8 +386,8 @@ def structured_attention_graphs(model: nn.Module, images: Tensor, targets: Tenso
     was_training = model.training
     model.eval()
 
-    def score(x: Tensor, rows: Tensor) -> Tensor:
-        return model(x).softmax(-1).gather(1, targets[rows, None])[:, 0]
+    def score(x: Tensor, rows: Tensor, which: Tensor) -> Tensor:
+        return model(x).softmax(-1)[which, targets[rows]]
 
     try:
         return search_graphs(images, targets, score, maps, s, lockstep=lockstep)
@@ -389,8 +415,17 @@ def glimpse_attention_graphs(model: nn.Module, images: Tensor, settings: SAGSett
     hw = tuple(images.shape[-2:])
     if tuple(maps.shape[-2:]) != hw:  # a CAM at the backbone's cells
         maps = upsample_cells(maps, hw, episode.cell_stride)
-    sags = search_graphs(images[targets[:, 0]], targets[:, 2], replay_score(fast, episode, targets), maps, s,
-                         lockstep=lockstep)
+    policy, actions = fast.policy, episode.actions()
+
+    def score(x: Tensor, rows: Tensor, which: Tensor) -> Tensor:
+        """The label of each row's step on composite ``which``: one replay (to the last step asked
+        for) of each composite with its image's recorded actions gives every step's label logits."""
+        source = torch.empty(len(x), dtype=torch.long, device=x.device)
+        source[which] = targets[rows, 0]
+        logits = replay(policy, actions, x, source, int(targets[rows, 1].max()) + 1)  # (u, steps, K + 1)
+        return label_probability(logits[which, targets[rows, 1]], targets[rows])
+
+    sags = search_graphs(images[targets[:, 0]], targets[:, 2], score, maps, s, sources=targets[:, 0], lockstep=lockstep)
     for sag, (image, step, _) in zip(sags, targets.tolist()):
         sag.source, sag.step = image, step
     return sags

@@ -139,6 +139,13 @@ def draw_sags(model, images: torch.Tensor, settings, output_dir: str | Path, tit
     return sags, seconds, paths
 
 
+def check_num_images(num_images) -> None:
+    """A ValueError naming ``sag.num_images`` unless it is an integer >= 0."""
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, float)) or int(num_images) != num_images \
+            or num_images < 0:
+        raise ValueError(f"sag.num_images={num_images!r} must be an integer >= 0 (0: no SAGs)")
+
+
 def split_sags(model, datamodule, split: str, settings, num_images: int, output_dir: str | Path,
                loggers: Sequence = ()) -> dict:
     """SAGs of every label the glimpse ``model`` emitted on the first ``num_images`` images of
@@ -146,8 +153,7 @@ def split_sags(model, datamodule, split: str, settings, num_images: int, output_
     W&B logger is given. Returns ``{"metrics": sag/*, "pictures": [paths], "markdown": report section}``."""
     from glimpse.heatmaps.sag import summary
 
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 0:
-        raise ValueError(f"sag.num_images={num_images} must be an integer >= 0 (0: no SAGs)")
+    check_num_images(num_images)
     dataset = datamodule.datasets[split]
     batch = torch.utils.data.default_collate([dataset[i] for i in range(min(int(num_images), len(dataset)))])
     sags, seconds, pictures = draw_sags(model, batch["image"].to(model.device), settings, Path(output_dir) / "sag",
