@@ -281,3 +281,22 @@ def test_module_convolutions_are_channels_last_by_default_and_train_the_same_fun
     # a checkpoint of either layout loads into the other
     modules[False].load_state_dict(modules[True].state_dict())
     assert modules[False].policy.backbone.features[3].weight.is_contiguous()
+
+
+def test_rollout_and_replay_are_separate_modes():
+    policy = small_policy().eval()
+    images, counts = batch()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        ep = policy.rollout(images, 3, location_mode="sample", label_mode="sample")
+        again = policy.replay(images, 3, ep.actions())
+        assert torch.equal(again.labels, ep.labels) and torch.equal(again.meta_locations, ep.meta_locations)
+        assert torch.allclose(again.label_logits, ep.label_logits) and torch.allclose(again.meta_logp, ep.meta_logp)
+        with pytest.raises(ValueError, match="every decision"):
+            policy.replay(images, 3, {"meta_locations": ep.meta_locations})
+        # a label roll-in (teacher forcing) is part of a rollout: the locations are still the model's
+        forced = torch.full_like(ep.labels, 3)
+        taught = policy(images, 3, location_mode="greedy", actions={"labels": forced})
+        assert torch.equal(taught.labels, forced)
+        # the first step sees no earlier label, so its location is the greedy rollout's
+        assert torch.equal(taught.meta_locations[:, 0], policy.rollout(images, 1, location_mode="greedy").meta_locations[:, 0])

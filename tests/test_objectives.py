@@ -286,6 +286,8 @@ def test_stop_head_is_taught_to_stop_at_step_size_plus_one_even_after_a_mistake(
     with pytest.raises(ValueError, match="stop head"):
         GlimpseObjective(termination="head")(episode(logits, labels), targets)
     assert GlimpseObjective(termination="head", label_loss="reinforce").num_steps(targets, 9) == 3
+    # the reported reward is the labels' on their |Y| steps: +1 (right 0), -1 (0 again), not the third step's
+    assert out["reward"].item() == 0.0
 
 
 def test_binary_versus_signed_rewards():

@@ -283,7 +283,9 @@ class GlimpseObjective:
         if "stop_loss" in out:
             out["loss"] = out["loss"] + self.stop_weight * out["stop_loss"]
         roll = played["roll"]
-        out["reward"] = (roll["reward"] * roll["alive"]).sum(-1).mean()
+        # the labels' total reward per episode: its steps until STOP, or with the stop head its first |Y| steps
+        scored = roll["alive"] if self.termination == "label" else loc_mask
+        out["reward"] = (roll["reward"] * scored).sum(-1).mean()
         out["location_reward"] = (played["step_reward"] * loc_mask).sum() / n
         out["advantage"] = (advantage * loc_mask).sum() / n
         # diagnostics, not in the loss: the label policy's entropy on the label steps, and the share of
