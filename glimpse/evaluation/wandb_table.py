@@ -14,7 +14,6 @@ draws rows of a logged table back from an offline run (lowest F1 first).
 from __future__ import annotations
 
 import json
-import logging
 import re
 import sys
 import warnings
@@ -29,7 +28,6 @@ from glimpse.geometry import cell_centres, cell_geometry, glimpse_hits
 from glimpse.heatmaps.render import _multiset_text
 from glimpse.loggers import check_max_rows
 
-log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "image", "true", "predicted", "exact_match", "f1", "glimpse_hits", "meta_steps", "step_classes")
 PIXELS = 300  # images are drawn at least this large (nearest-neighbour upscaling), so the glimpses are visible
