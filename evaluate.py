@@ -46,8 +46,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     localises = getattr(model, "localises", True)
     if not localises:
         methods = {}
-        log.info("%s is a model without glimpses (model=baseline): localisation, heatmap and SAG metrics, trajectories "
-                 "and per-step plots are skipped, as they read the glimpse model's attention and saliency map", ckpt_path)
+        log.info("%s is a model without glimpses (model=baseline): localisation and heatmap metrics, trajectories and "
+                 "per-step plots are skipped (structured attention graphs too), as they read the glimpse model's "
+                 "attention and saliency map", ckpt_path)
     # the channels and image size the model reads come from the checkpoint, unless given
     datamodule = instantiate(data_from_checkpoint(cfg.data, model.hparams, command_line_keys()))
     if hasattr(datamodule, "use_classes"):  # photographs: classes matched by name to the checkpoint's

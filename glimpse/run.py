@@ -191,8 +191,12 @@ def _default(base: DictConfig, key: str) -> Any:
     return node
 
 
+# keys whose documented values have more than one type (checked where they are used)
+MIXED_TYPES = {"logger.log_model"}  # true, false or all (Lightning's WandbLogger)
+
+
 def _check_type(key: str, default: Any, value: Any, line: str) -> None:
-    if default is _MISSING or default is None or value is None or isinstance(default, str):
+    if key in MIXED_TYPES or default is _MISSING or default is None or value is None or isinstance(default, str):
         return
     if isinstance(value, (DictConfig, ListConfig)):
         value = OmegaConf.to_container(value, resolve=False)

@@ -74,7 +74,11 @@ def readme_override_spans() -> list[list[str]]:
 def placeholders(overrides: list[str], run_dir: Path, out_dir: Path) -> list[str]:
     out = []
     for item in overrides:
+        if item.startswith("[") and item.endswith("]"):  # an optional setting, written [key=value]
+            item = item[1:-1]
         key, equals, value = item.partition("=")
+        if "," in value and not value.startswith(("[", "{", "'", '"')):  # a multirun sweep: its first value
+            value = value.split(",")[0]
         if not equals:  # a deletion such as ~callbacks.heatmaps
             out.append(item)
             continue
@@ -97,7 +101,7 @@ def test_readme_is_short_and_its_test_command_is_ci_s():
     assert len(text.splitlines()) <= 200
     test_command = [line for body in blocks(text, "bash") for line in body.splitlines() if "pytest" in line]
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line and not line.startswith("#")]
-    assert test_command and test_command == ci
+    assert test_command and test_command == ci[:1]  # then CI runs the slow tests too
 
 
 def test_readme_links_point_at_files():
