@@ -7,22 +7,25 @@ import os
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 import hydra
-import lightning.pytorch as pl
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from glimpse.run import (command, declared_arguments, instantiate_logger, read_metrics, record_run, resume_checkpoint,
                          user_errors, write_metrics)
-from glimpse.training.checkpoint_io import AtomicCheckpointIO
-from glimpse.training.last_checkpoint import LastCheckpoint
-from glimpse.training.run_phase import RunPhase
 
 log = logging.getLogger("glimpse")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, build data, model, callbacks, trainer and logger from the config; fit; test."""
+    # imported here, so that a mistyped option or key stops in a second, before torch loads
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from glimpse.training.checkpoint_io import AtomicCheckpointIO
+    from glimpse.training.last_checkpoint import LastCheckpoint
+    from glimpse.training.run_phase import RunPhase
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = resume_checkpoint(cfg)
 

@@ -88,21 +88,21 @@ def user_errors(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     def wrapper(cfg: DictConfig) -> Any:
         from hydra.errors import InstantiationException
 
-        from glimpse.data.images import CorruptImageError
-
         out = _job_output_dir(cfg)
         fresh = out is not None and (not out.exists() or not any(out.iterdir()))
         try:
             check_override_types(cfg)
             return fn(cfg)
         except Exception as err:
+            images = sys.modules.get("glimpse.data.images")  # not loaded: no image was read
+            input_errors = (ConfigError, FileNotFoundError) + ((images.CorruptImageError,) if images else ())
             cause = err
             while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
                 cause = cause.__cause__
             during = getattr(cause, "during_run", None)
             if isinstance(cause, RunFault):  # disk full, non-finite numbers: not the user's input
                 _exit(RUN_FAULT, str(cause))
-            if isinstance(cause, (ConfigError, FileNotFoundError, CorruptImageError)) or (
+            if isinstance(cause, input_errors) or (
                     isinstance(cause, ValueError) and during is None):
                 _close_log_file()
                 if fresh and during is None:  # stopped before it ran: nothing of this run stays behind

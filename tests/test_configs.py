@@ -107,3 +107,30 @@ def test_every_data_and_model_pair_trains_one_batch_under_the_smoke_experiment(d
     multiset = {k: v for k, v in metrics.items() if "/multiset/" in k}
     assert len(multiset) == 8 and all(0 <= v <= 1 for v in multiset.values()), multiset
     assert Path(tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_models_receive_only_the_arguments_they_declare():
+    from glimpse.run import declared_arguments
+
+    offered = dict(num_classes=10, class_names=list("0123456789"), max_steps=5, data={}, not_a_parameter=1)
+    assert set(declared_arguments("glimpse.module.GlimpseModule", offered)) == {"num_classes", "class_names",
+                                                                             "max_steps", "data"}
+    assert declared_arguments("glimpse.data.datamodule.seeded_loader", offered) == {}
+
+
+def test_data_takes_channels_and_size_from_the_checkpoint_unless_given():
+    from glimpse.errors import ConfigError
+    from glimpse.run import data_from_checkpoint
+
+    mnist_ckpt = {"data": {"canvas_size": 100}, "policy": {"backbone": {"in_channels": 1}}}
+    photo = OmegaConf.create({"channels": 3, "image_size": 224})
+    assert dict(data_from_checkpoint(photo.copy(), mnist_ckpt, set())) == {"channels": 1, "image_size": 100}
+    kept = data_from_checkpoint(OmegaConf.create({"channels": 3, "image_size": 64}), mnist_ckpt, {"data.image_size"})
+    assert dict(kept) == {"channels": 1, "image_size": 64}  # a size given on the command line is kept
+    with pytest.raises(ConfigError, match=r"^data.channels=3: the checkpoint reads 1-channel images"):
+        data_from_checkpoint(photo.copy(), mnist_ckpt, {"data.channels"})
+    rgb_ckpt = {"data": {"image_size": [96, 96]}, "policy": {"backbone": {"in_channels": 3}}}
+    assert dict(data_from_checkpoint(OmegaConf.create({"canvas_size": 100}), {**rgb_ckpt, "policy": {
+        "backbone": {"in_channels": 1}}}, set())) == {"canvas_size": 96}
+    with pytest.raises(ConfigError, match=r"^data.channels: the checkpoint reads 3-channel images"):
+        data_from_checkpoint(OmegaConf.create({"canvas_size": 100}), rgb_ckpt, set())

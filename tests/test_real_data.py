@@ -370,12 +370,18 @@ def test_smoke_training_and_evaluation_on_voc(voc_root, tmp_path):
                                                      f"paths.output_dir={tmp_path / 'eval'}", "trainer.enable_progress_bar=false"])
     metrics = _script("evaluate").evaluate(cfg)
     assert set(metrics) >= {"multiset/exact_match", "multiset/f1"} and (tmp_path / "eval" / "trajectories.png").is_file()
-    # the VOC checkpoint on Multiset-MNIST: an error naming the classes that do not match, nothing written
+    # the VOC checkpoint (RGB) on Multiset-MNIST (grayscale): an error naming data.channels, nothing written
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     cfg = _compose("evaluate", ["data=multiset_mnist", "data.test_size=4", "data.num_workers=0",
-                                f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path / 'mnist'}"])
-    with pytest.raises(ValueError, match=r"unmatched: \[.*'0'.*'cat'"):
+                                f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'mnist'}"])
+    with pytest.raises(ValueError, match=r"data.channels: the checkpoint reads 3-channel images"):
         _script("evaluate").evaluate(cfg)
     assert not (tmp_path / "mnist" / "metrics.json").exists()
+    # and classes it does not know: an error naming those that do not match
+    from glimpse.module import load_checkpoint
+
+    with pytest.raises(ValueError, match=r"unmatched: \[.*'0'.*'cat'"):
+        load_checkpoint(ckpt).check_classes([str(d) for d in range(10)])
 
 
 def test_smoke_training_on_coco_with_resnet18(tmp_path):
