@@ -369,6 +369,7 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
     machine = (f"{platform.node()}: {cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
                f"torch {version('torch')}")
     budget = "CPU" if cfg.budget == "cpu" else "wall-clock"
+    shown_dir = runs_dir.relative_to(ROOT) if runs_dir.is_relative_to(ROOT) else runs_dir  # the repo's own: relative
     models = "" if cfg.models == ["glimpse"] else f"models {list(cfg.models)}, "
     per_run = (f"{', '.join(f'{m:g}' for m in cfg.checkpoints_at)} {budget} min of one run each" if cfg.checkpoints_at
                else f"{cfg.budget_minutes:g} {budget} min per run")
@@ -384,7 +385,7 @@ def markdown(cfg: CompareConfig, rows: list[dict], command: str, runs_dir: Path)
         "included; " + ("CPU time of the run's process, data composed in it: `glimpse.training.cpu_budget.CpuBudget`"
                         if cfg.budget == "cpu" else "wall-clock time: `trainer.max_time`") +
         f"), {cfg.jobs} run(s) at once, constant learning rate, {tested}; "
-        f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{runs_dir}`",
+        f"extra overrides: `{' '.join(map(str, cfg.overrides)) or 'none'}`; runs under `{shown_dir}`",
         code_line(rows),
         "- mean ± standard deviation over the seeds (test split; a run with nothing to score, NaN, is left out of "
         "that column); steps: the optimiser steps the budget bought; wall time is the whole run (start-up, fit, test)"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from glimpse.baseline_module import BaselineModule, multiset_loss
-from glimpse.models.backbone import ConvBackbone
+from glimpse.models.backbone import ConvBackbone, ResNetBackbone
 from glimpse.models.baseline import MultisetPredictor
 
 from conftest import run
@@ -38,10 +38,15 @@ def test_multiset_loss_by_hand():
     assert float(short) == pytest.approx((-math.log(0.25) + math.log(3)) / 2)
 
 
-def test_every_parameter_gets_a_finite_gradient():
+@pytest.mark.parametrize("backbone", ["conv", "resnet18"])
+def test_every_parameter_gets_a_finite_gradient(backbone):
     torch.manual_seed(0)
-    model = small_predictor()
-    images = torch.rand(4, 1, 40, 40)
+    if backbone == "conv":
+        model, images = small_predictor(), torch.rand(4, 1, 40, 40)
+    else:  # photographs: the ResNet grid of model=baseline_resnet18 (no weights: nothing to download)
+        model = MultisetPredictor(ResNetBackbone("resnet18", stages=3, in_channels=3), 10, hidden=8, label_dim=4,
+                                  head_hidden=16)
+        images = torch.rand(4, 3, 64, 64)
     counts = torch.tensor([[1] + [0] * 9, [0, 2] + [0] * 8, [0] * 9 + [3], [1, 1, 1] + [0] * 7])
     episode = model(images, int(counts.sum(-1).max()) + 1, label_mode="greedy")
     multiset_loss(episode.label_logits, episode.labels, counts).backward()
