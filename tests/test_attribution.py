@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import require
 from glimpse.heatmaps.gradients import METHODS, attribute
 from glimpse.heatmaps.replay import attribute_episode, default_layer, replay_logits
 from glimpse.heatmaps.targets import NO_TARGET, emitted_label_targets
@@ -14,7 +15,7 @@ from glimpse.models.policy import GlimpsePolicy
 
 
 def captum_attr():  # imported only by the tests that compare with it (slow to import)
-    return pytest.importorskip("captum.attr")
+    return require("captum.attr")
 
 
 def small_cnn(classes=5):
@@ -55,7 +56,7 @@ def _grad_cam_raw(cls, model, layer, images, target):
 @pytest.mark.parametrize("name, cls", [("gradcam", "GradCAM"), ("gradcam_plus_plus", "GradCAMPlusPlus"),
                                        ("global_guidance_map", "GradCAMElementWise")])
 def test_cams_equal_pytorch_grad_cam(case, name, cls):
-    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    grad_cam = require("pytorch_grad_cam")
     model, images, targets, maps = case
     for m in range(targets.shape[1]):
         ref = _grad_cam_raw(getattr(grad_cam, cls), model, model[4], images, targets[:, m])

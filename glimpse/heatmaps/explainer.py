@@ -60,8 +60,7 @@ class ExplainerNet(nn.Module):
 class ExplainerModule(pl.LightningModule):
     """Trains :class:`ExplainerNet` to explain the frozen glimpse model at ``glimpse_ckpt``.
 
-    ``num_classes``, ``class_names``, ``max_steps`` and ``data`` are what train.py passes to any
-    model; the data's classes must be the glimpse model's.
+    ``class_names`` are the data's (train.py passes them): they must be the glimpse model's.
     """
 
     def __init__(
@@ -70,15 +69,12 @@ class ExplainerModule(pl.LightningModule):
         net: dict | None = None,
         weights: dict | None = None,
         lr: float = 1e-3,
-        num_classes: int | None = None,
         class_names: list[str] | None = None,
-        max_steps: int | None = None,
-        data: dict | None = None,
     ) -> None:
         super().__init__()
         if not glimpse_ckpt:
             raise ValueError("explain.glimpse_ckpt is not set: give the glimpse checkpoint to explain as "
-                             "`python train.py experiment=explainer ckpt_path=GLIMPSE_CKPT`")
+                             "`python train.py experiment=explainer explain.glimpse_ckpt=GLIMPSE_CKPT`")
         if not Path(glimpse_ckpt).is_file():
             raise FileNotFoundError(f"explain.glimpse_ckpt={glimpse_ckpt}: no glimpse checkpoint there "
                                     "(give RUN_DIR/checkpoints/last.ckpt of a glimpse training run)")
@@ -158,7 +154,7 @@ def load_explainer(path: str, map_location: str | torch.device = "cpu") -> tuple
     experiment=explainer``; a clear error for anything else. The glimpse model is not rebuilt."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"heatmaps.explainer.ckpt_path={path}: no Explainer checkpoint there "
-                                "(train one with `python train.py experiment=explainer ckpt_path=GLIMPSE_CKPT`)")
+                                "(train one with `python train.py experiment=explainer explain.glimpse_ckpt=GLIMPSE_CKPT`)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
