@@ -107,7 +107,7 @@ def compare_models(cfg: DictConfig, ckpt_paths: list[str], methods_of: list[dict
         raise ConfigError(f"stability.max_images={count} must be an integer >= 1")
     per_model = []
     for path, methods in zip(ckpt_paths, methods_of):
-        model = load_checkpoint(path)
+        model = load_model(path)
         model.check_classes(datamodule.class_names)
         per_model.append(collect_maps(model, datamodule, cfg.split, methods, int(count)))
     out = {}
