@@ -90,6 +90,11 @@ def test_detached_saliency_gets_no_policy_gradient_with_read_density_on(label_lo
         assert g is None or g.abs().sum() == 0, f"{name} gets policy gradient with detach_saliency on"
         assert grads[False][name] is not None and grads[False][name].abs().sum() > 0, name
     assert grads[True]["backbone.features.0.weight"].abs().sum() > 0  # the policy still trains the backbone it reads
+    # "map" (the default) detaches the log-map term only: the densities the glimpses read pass the gradient
+    assert small_policy(detach_saliency="map").detach_density is False and small_policy(detach_saliency="map").meta.detach_saliency
+    assert small_policy(detach_saliency="all").detach_density and not small_policy(detach_saliency="none").meta.detach_saliency
+    with pytest.raises(ValueError, match="detach_saliency"):
+        small_policy(detach_saliency="some")
 
 
 def test_zero_glimpses_train_a_finite_loss():

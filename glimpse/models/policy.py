@@ -75,6 +75,9 @@ class Episode:
 
 
 MODES = ("sample", "greedy")
+# what of the saliency model the policy's gradients may not reach: all (the map and the densities the
+# glimpses read), map (the log-map term of the location logits only), none
+DETACH_SALIENCY = ("all", "map", "none")
 # a label roll-in: (attention_mask (B, h*w), class_density (B, K, h, w)) -> the step's labels (B,)
 LabelRollIn = Callable[[Tensor, Tensor], Tensor]
 
@@ -232,7 +235,7 @@ class GlimpsePolicy(nn.Module):
         saliency_hidden: int = 64,
         read_density: bool = True,
         saliency_temperature: float = 0.5,
-        detach_saliency: bool = True,
+        detach_saliency: bool | str = "map",
         learn_attention: bool = False,
         glimpse_temperature: float = 1.0,
         stop_head: bool = False,
@@ -243,6 +246,12 @@ class GlimpsePolicy(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if num_glimpses < 0:
             raise ValueError(f"model.num_glimpses must be >= 0, got {num_glimpses}")
+        detach = ("all" if detach_saliency else "none") if isinstance(detach_saliency, bool) else detach_saliency
+        if detach not in DETACH_SALIENCY:
+            raise ValueError(f"model.policy.detach_saliency={detach_saliency!r} is not known; choose one of "
+                             f"{list(DETACH_SALIENCY)} (true = all, false = none)")
+        # all: the densities the glimpses and location keys read are detached too
+        self.detach_density = detach == "all"
         # with read_density the glimpses also read the saliency model's per-class densities
         feature_dim = backbone.out_channels + (num_classes if read_density else 0)
         self.read_density = read_density
@@ -253,7 +262,7 @@ class GlimpsePolicy(nn.Module):
         self.keys = nn.Linear(feature_dim, key_dim)
         self.label_embedding = nn.Embedding(num_classes + 2, label_dim)  # classes, STOP, start
         self.meta = MetaController(
-            feature_dim, label_dim, hidden, key_dim, tuple(attention_sigmas), saliency_temperature, detach_saliency,
+            feature_dim, label_dim, hidden, key_dim, tuple(attention_sigmas), saliency_temperature, detach != "none",
             learn_attention,
         )
         self.interface = Interface(hidden, key_dim, glimpse_temperature)
@@ -353,8 +362,9 @@ class GlimpsePolicy(nn.Module):
         saliency_map, class_density = self.saliency(activations)
         height, width = activations.shape[-2:]
         if self.read_density:
-            # detached, neither the location nor the label decisions train the saliency model through what they read
-            density = class_density.detach() if self.meta.detach_saliency else class_density
+            # detached (detach_saliency=all), neither the location nor the label decisions train the saliency
+            # model through what they read
+            density = class_density.detach() if self.detach_density else class_density
             activations = torch.cat([activations, density], 1)  # (B, C + K, h, w)
         features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
         keys = self.keys(features) if with_keys else None  # (B, h*w, D)
