@@ -115,7 +115,7 @@ def test_models_receive_only_the_arguments_they_declare():
     offered = dict(num_classes=10, class_names=list("0123456789"), max_steps=5, data={}, not_a_parameter=1)
     assert set(declared_arguments("glimpse.module.GlimpseModule", offered)) == {"num_classes", "class_names",
                                                                              "max_steps", "data"}
-    assert declared_arguments("glimpse.data.datamodule.seeded_loader", offered) == {}
+    assert declared_arguments("glimpse.data.loaders.seeded_loader", offered) == {}
 
 
 def test_data_takes_channels_and_size_from_the_checkpoint_unless_given():

@@ -120,8 +120,8 @@ def test_a_trained_model_beats_the_best_constant_prediction_on_the_same_images(t
     test split's most frequent digit, chosen with hindsight) on the same 128 test canvases."""
     import torch
 
-    from glimpse.data.datamodule import MultisetMNISTDataModule
-    from glimpse.evaluation.metrics import MultisetMetrics
+    from glimpse.data.mnist_datamodule import MultisetMNISTDataModule
+    from glimpse.metrics import MultisetMetrics
 
     sizes = ["data.min_digits=1", "data.max_digits=1", "data.train_size=2048", "data.val_size=128", "data.test_size=128"]
     run("train.py", "experiment=smoke", "logger=none", *sizes, "trainer.max_epochs=6", "callbacks.heatmaps=null",
