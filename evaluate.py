@@ -19,7 +19,6 @@ from glimpse.heatmaps.registry import resolve_methods
 from glimpse.heatmaps.sag import SAGSettings
 from glimpse.heatmaps.sag_render import check_num_images, split_sags
 from glimpse.loggers import evaluation_logger
-from glimpse.module import load_checkpoint
 from glimpse.run import (ConfigError, command, command_line_keys, data_from_checkpoint, instantiate_logger, record_run,
                          resolve_checkpoint, user_errors, write_metrics)
 
