@@ -103,6 +103,7 @@ def test_baseline_trains_and_evaluates_end_to_end_in_the_smoke_experiment(tmp_pa
     assert "## Per class" in report and "| 7 |" in report and "trajectories" not in report
 
 
+@pytest.mark.slow  # two models trained and evaluated at two budget points
 def test_compare_models_at_budget_checkpoints(tmp_path):
     tiny = ("[data.train_size=64,data.val_size=16,data.test_size=16,data.batch_size=16,model.policy.hidden=8,"
             "~callbacks.heatmap_metrics,~callbacks.heatmaps]")

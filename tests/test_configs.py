@@ -32,10 +32,11 @@ def compose_config(overrides: list[str], config: str = "train"):
 
 def test_the_groups_have_the_options_the_docs_name():
     assert options("data") == ["coco", "mnist_multi_10", "mnist_multi_1_4", "mnist_multi_1_4_set", "mnist_multi_4",
-                               "mnist_multi_4_set", "multiset_mnist", "voc"]
-    assert options("model") == ["explainer", "glimpse", "resnet18", "resnet34"]
+                               "mnist_multi_4_set", "multiset_fashion", "multiset_fashion_10", "multiset_fashion_4",
+                               "multiset_mnist", "voc"]
+    assert options("model") == ["baseline", "baseline_resnet18", "explainer", "glimpse", "resnet18", "resnet34"]
     assert options("trainer") == ["ddp", "default", "gpu"] and options("experiment") == ["explainer", "smoke"]
-    assert len(options("objective")) == 11 and options("logger") == ["csv", "none", "wandb"]
+    assert len(options("objective")) == 13 and options("logger") == ["csv", "none", "wandb"]
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
@@ -81,7 +82,8 @@ ONE_BATCH = ["experiment=smoke", "logger=none", "data.train_size=2", "data.val_s
              "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
              "+trainer.enable_model_summary=false", "callbacks.heatmaps=null", "callbacks.heatmap_metrics=null",
              "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "+trainer.enable_checkpointing=false"]
-CPU_MODELS = ("glimpse", "resnet18", "resnet34")  # the explainer needs a glimpse checkpoint: tests/test_explain.py
+CPU_MODELS = ("glimpse", "resnet18", "resnet34", "baseline", "baseline_resnet18")  # the explainer needs a glimpse
+# checkpoint: tests/test_explain.py
 
 
 @pytest.fixture()
@@ -97,13 +99,16 @@ def data_folders(tmp_path, voc_root):  # noqa: F811
 @pytest.mark.parametrize("model", CPU_MODELS)
 @pytest.mark.parametrize("data", options("data"))
 def test_every_data_and_model_pair_trains_one_batch_under_the_smoke_experiment(data, model, data_folders, tmp_path):
-    overrides = [f"data={data}", f"model={model}", *ONE_BATCH, *data_folders.get(data, []),
+    one_batch = [o for o in ONE_BATCH if not (model.startswith("baseline") and o.startswith("model.policy.key_dim"))]
+    overrides = [f"data={data}", f"model={model}", *one_batch, *data_folders.get(data, []),
                  f"paths.output_dir={tmp_path / 'run'}"]
-    if model != "glimpse":
+    if model not in ("glimpse", "baseline"):
         overrides.append("model.policy.backbone.stages=2")  # stride 8: a grid on 64 px photos and 100 px canvases
     cfg = compose_config(overrides)
     metrics = _script("train").train(cfg)
-    assert {"val/multiset/f1", "test/multiset/f1", "test/localisation/glimpse_hit_rate"} <= set(metrics)
+    glimpses = not model.startswith("baseline")  # the baseline has no glimpses to localise
+    assert {"val/multiset/f1", "test/multiset/f1"} <= set(metrics)
+    assert ("test/localisation/glimpse_hit_rate" in metrics) == glimpses
     multiset = {k: v for k, v in metrics.items() if "/multiset/" in k}
     assert len(multiset) == 8 and all(0 <= v <= 1 for v in multiset.values()), multiset
     assert Path(tmp_path / "run" / "metrics.json").is_file()

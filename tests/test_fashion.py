@@ -36,7 +36,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_idx(path: Path, array: np.ndarray, gzipped: bool) -> Path:
     if gzipped:
         path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(idx_bytes(array)))
+        path.write_bytes(gzip.compress(idx_bytes(array), compresslevel=1))
     else:
         path.write_bytes(idx_bytes(array))
     return path
