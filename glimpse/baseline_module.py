@@ -57,11 +57,9 @@ class BaselineModule(pl.LightningModule):
         data: dict | None = None,
         backbone_lr: float | None = None,
         channels_last: bool = True,
-        objective: dict | None = None,
     ) -> None:
         super().__init__()
         policy = _plain(policy)
-        # `objective` is accepted and ignored: the baseline's loss is the multiset loss, whatever objective= says
         self.save_hyperparameters({"policy": policy, "num_classes": num_classes, "class_names": list(class_names),
                                    "max_steps": max_steps, "lr": lr, "weight_decay": weight_decay,
                                    "warmup_steps": warmup_steps, "scheduler": scheduler, "data": _plain(data),

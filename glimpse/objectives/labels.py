@@ -11,6 +11,7 @@ Each says how the training rollout picks its labels (:attr:`LabelLoss.label_mode
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 import torch
@@ -64,7 +65,7 @@ def _mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-class LabelLoss:
+class LabelLoss(abc.ABC):
     """How the labels are trained. ``played`` is :meth:`GlimpseObjective.play`'s record of the
     episode (log-probabilities, remaining multisets, masks, returns)."""
 
@@ -88,8 +89,9 @@ class LabelLoss:
         step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
         return step_mask, step_mask * (remaining.sum(-1) > 0).float()
 
+    @abc.abstractmethod
     def __call__(self, episode: Episode, played: dict, batch: dict | None, advantage: Callable[[str], Tensor]) -> Tensor:
-        raise NotImplementedError
+        """The label loss of a batch (each subclass is one of the label losses)."""
 
 
 class MultisetLoss(LabelLoss):
