@@ -6,6 +6,9 @@ Run it before and after a change and compare the two outputs (they must be ident
     python benchmarks/behaviour_check.py > before.txt   # then, after the change:
     python benchmarks/behaviour_check.py > after.txt && diff before.txt after.txt
 
+Run both with the same ``OMP_NUM_THREADS``: another thread count sums in another order, and the
+losses then differ in the last digits from the first step on.
+
 It builds data and model as ``train.py`` does (seed 0, logger none), trains
 ``--batches`` optimiser steps (default 50) without validation, and prints each step's
 ``train/loss`` with all its digits. Extra Hydra overrides may follow, e.g. ``objective=reinforce``.

@@ -19,6 +19,7 @@ from glimpse.metrics import MultisetMetrics
 from glimpse.models.backbone import WEIGHT_KEYS
 from glimpse.models.baseline import MultisetPredictor, PredictorEpisode
 from glimpse.module import GlimpseModule, _plain, load_checkpoint
+from glimpse.objectives.labels import multiset_cross_entropy, termination_step_mask
 
 log = logging.getLogger("glimpse")
 
@@ -27,16 +28,12 @@ GLIMPSE_CALLBACKS = ("HeatmapMetrics", "HeatmapCallback")
 
 
 def multiset_loss(label_logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
-    """The multiset loss (Welleck et al. 2018): at each step the cross entropy of the model's
-    distribution against the oracle policy of the remaining multiset (:func:`multiset.oracle_policy`),
-    the rolled-in ``labels (B, T)`` removing what they got right; steps ``0..|Y|`` (the last one's
-    target is STOP), averaged over them."""
+    """The multiset loss (:func:`~glimpse.objectives.labels.multiset_cross_entropy`, the glimpse
+    model's too) of ``label_logits (B, T, K + 1)`` with the rolled-in ``labels (B, T)`` removing
+    what they got right; steps ``0..|Y|`` (the last one's target is STOP)."""
     remaining = multiset.rollout(targets, labels, stop_ends=False)["remaining_before"]  # (B, T, K)
-    oracle = multiset.oracle_policy(remaining.flatten(0, 1)).view_as(label_logits)
-    ce = -(oracle * F.log_softmax(label_logits, -1)).sum(-1)  # (B, T)
-    t = torch.arange(label_logits.shape[1], device=label_logits.device)
-    step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
-    return (ce * step_mask).sum() / step_mask.sum()
+    step_mask = termination_step_mask(targets, label_logits.shape[1])
+    return multiset_cross_entropy(F.log_softmax(label_logits, -1), remaining, step_mask)
 
 
 class BaselineModule(pl.LightningModule):

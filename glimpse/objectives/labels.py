@@ -65,6 +65,22 @@ def _mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+def termination_step_mask(targets: Tensor, num_steps: int) -> Tensor:
+    """``(B, T)``: the steps taught with termination by label, ``0..|Y|`` (|Y| labels, then the
+    step whose target is STOP)."""
+    t = torch.arange(num_steps, device=targets.device)
+    return (t[None, :] <= targets.sum(-1, keepdim=True)).float()
+
+
+def multiset_cross_entropy(log_probs: Tensor, remaining: Tensor, step_mask: Tensor,
+                           preference: Tensor | None = None) -> Tensor:
+    """The multiset loss (Welleck et al. 2018): the cross entropy of the model's ``log_probs (B, T,
+    K + 1)`` against the oracle policy of the ``remaining (B, T, K)`` multiset before each step,
+    averaged over the ``step_mask`` steps."""
+    oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(log_probs)
+    return _mean(-(oracle * log_probs).sum(-1), step_mask)
+
+
 class LabelLoss(abc.ABC):
     """How the labels are trained. ``played`` is :meth:`GlimpseObjective.play`'s record of the
     episode (log-probabilities, remaining multisets, masks, returns)."""
@@ -85,8 +101,7 @@ class LabelLoss(abc.ABC):
         """``(step_mask, location_mask)`` ``(B, T)`` with termination by label: steps 0..|Y| (|Y|
         labels, then the termination step whose target is STOP); the location decisions only
         matter while something is left to find."""
-        t = torch.arange(remaining.shape[1], device=remaining.device)
-        step_mask = (t[None, :] <= targets.sum(-1, keepdim=True)).float()
+        step_mask = termination_step_mask(targets, remaining.shape[1])
         return step_mask, step_mask * (remaining.sum(-1) > 0).float()
 
     @abc.abstractmethod
@@ -108,10 +123,8 @@ class MultisetLoss(LabelLoss):
         return {"label_roll_in": OracleRollIn(batch["counts"], self.attended)} if self.roll_in == "oracle" else {}
 
     def __call__(self, episode: Episode, played: dict, batch: dict | None, advantage: Callable[[str], Tensor]) -> Tensor:
-        log_probs, remaining = played["log_probs"], played["remaining"]
         preference = played["attended"].flatten(0, 1) if self.attended else None
-        oracle = multiset.oracle_policy(remaining.flatten(0, 1), preference).view_as(log_probs)
-        return _mean(-(oracle * log_probs).sum(-1), played["step_mask"])
+        return multiset_cross_entropy(played["log_probs"], played["remaining"], played["step_mask"], preference)
 
 
 class SequenceLoss(LabelLoss):
