@@ -16,7 +16,6 @@ from torch import Tensor
 
 from glimpse import multiset
 from glimpse.metrics import MultisetMetrics
-from glimpse.models.backbone import WEIGHT_KEYS
 from glimpse.models.baseline import MultisetPredictor, PredictorEpisode
 from glimpse.module import GlimpseModule, _plain, load_checkpoint
 from glimpse.objectives.labels import multiset_cross_entropy, termination_step_mask
@@ -142,22 +141,7 @@ def is_baseline(hparams: dict) -> bool:
 
 
 def load_model(path: str, map_location: str | torch.device = "cpu") -> pl.LightningModule:
-    """Load a checkpoint of either model: the baseline's as a :class:`BaselineModule`, anything else
-    through :func:`glimpse.module.load_checkpoint` (with its clear errors)."""
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception:
-        return load_checkpoint(path, map_location)  # its error message names the file
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or not is_baseline(hparams) or "state_dict" not in checkpoint:
-        return load_checkpoint(path, map_location)
-    recorded = hparams["policy"]
-    policy = dict(recorded)
-    if isinstance(policy.get("backbone"), dict):  # the state dict holds every weight
-        policy["backbone"] = {k: v for k, v in policy["backbone"].items() if k not in WEIGHT_KEYS}
-    try:
-        module = BaselineModule.load_from_checkpoint(path, map_location=map_location, weights_only=False, policy=policy)
-    except (RuntimeError, TypeError, KeyError) as err:
-        raise ValueError(f"{path} does not fit this version's BaselineModule: {err}") from err
-    module.hparams["policy"] = recorded
-    return module
+    """Load a checkpoint of either model (:func:`glimpse.module.load_checkpoint`, with its clear
+    errors): the baseline's as a :class:`BaselineModule`, any other as a ``GlimpseModule``."""
+    return load_checkpoint(path, map_location,
+                           module_for=lambda hparams: BaselineModule if is_baseline(hparams) else GlimpseModule)

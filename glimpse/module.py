@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -182,8 +183,10 @@ class GlimpseModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> GlimpseModule:
-    """Load a :class:`GlimpseModule` checkpoint, with a clear error for anything else."""
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu",
+                    module_for: Callable[[dict], type[pl.LightningModule]] | None = None) -> pl.LightningModule:
+    """Load a :class:`GlimpseModule` checkpoint, with a clear error for anything else;
+    ``module_for`` picks another LightningModule class from the checkpoint's hyperparameters."""
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
@@ -200,9 +203,10 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Glim
     policy = dict(recorded)
     if isinstance(policy.get("backbone"), dict):
         policy["backbone"] = {k: v for k, v in policy["backbone"].items() if k not in WEIGHT_KEYS}
+    module_class = module_for(checkpoint["hyper_parameters"]) if module_for else GlimpseModule
     try:
-        module = GlimpseModule.load_from_checkpoint(path, map_location=map_location, weights_only=False, policy=policy)
+        module = module_class.load_from_checkpoint(path, map_location=map_location, weights_only=False, policy=policy)
         module.hparams["policy"] = recorded  # keep the record of what the run started from
         return module
     except (RuntimeError, TypeError, KeyError) as err:
-        raise ValueError(f"{path} does not fit this version's GlimpseModule: {err}") from err
+        raise ValueError(f"{path} does not fit this version's {module_class.__name__}: {err}") from err
