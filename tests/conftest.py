@@ -44,3 +44,13 @@ def require(module: str):
         except ImportError as err:
             pytest.fail(f"{module} cannot be imported ({err}); CI=true runs every cross-check: pip install -e '.[dev]'")
     return pytest.importorskip(module)
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module, to test its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,7 @@ import pytest
 
 from glimpse.heatmaps.gradients import METHODS
 
-from conftest import TINY, run
+from conftest import TINY, load_benchmark, run
 
 
 def test_smoke_experiment_writes_checkpoint_metrics_and_wandb_run(smoke_run):
@@ -90,11 +90,22 @@ def test_train_test_metrics_equal_evaluate_on_the_best_checkpoint_and_on_its_coc
 
 
 def test_csv_logger_records_what_metrics_json_holds_and_reinforce_runs_without_logger(tmp_path):
-    run("train.py", *TINY, "logger=csv", f"paths.output_dir={tmp_path / 'csv'}", "test=false")
+    run("train.py", *TINY, "trainer.max_epochs=2", "logger=csv", f"paths.output_dir={tmp_path / 'csv'}", "test=false")
     logged = list(csv.DictReader(next((tmp_path / "csv" / "csv").rglob("metrics.csv")).open()))
-    last_val = [row["val/multiset/f1"] for row in logged if row.get("val/multiset/f1")][-1]
+    vals = [row for row in logged if row.get("val/multiset/f1")]
     written = json.loads((tmp_path / "csv" / "metrics.json").read_text())
-    assert float(last_val) == pytest.approx(written["val/multiset/f1"], abs=1e-6)
+    assert float(vals[-1]["val/multiset/f1"]) == pytest.approx(written["val/multiset/f1"], abs=1e-6)
+    # FitClock: each validation's row holds the fit's wall seconds so far, rising; the time-to-accuracy
+    # benchmark reads those rows back as its curve
+    clock = [float(row["time/fit_seconds"]) for row in vals]
+    assert len(clock) == 2 and 0 < clock[0] < clock[1], clock
+    assert not any(key.startswith("time/") for key in written), "metrics.json keeps the val/ and test/ metrics"
+    benchmark = load_benchmark("time_to_accuracy")
+    points = benchmark.curve(tmp_path / "csv")
+    assert [p["epoch"] for p in points] == [0, 1] and [p["seconds"] for p in points] == clock
+    assert [p["f1"] for p in points] == [float(row["val/multiset/f1"]) for row in vals]
+    assert benchmark.first_reaching(points, 0.0, 0.0) == clock[0]
+    assert benchmark.first_reaching(points, 1.01, 0.0) != benchmark.first_reaching(points, 1.01, 0.0)  # nan: never
     run("train.py", *TINY, "logger=none", "objective=reinforce", f"paths.output_dir={tmp_path / 'none'}", "test=false")
     metrics = json.loads((tmp_path / "none" / "metrics.json").read_text())
     assert {"val/multiset/f1", "val/localisation/glimpse_hit_rate"} <= set(metrics)
