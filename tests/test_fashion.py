@@ -255,3 +255,19 @@ def test_debian_package_files():
     assert splits["test"][1][:5].tolist() == [9, 2, 1, 1, 6]  # Ankle boot, Pullover, Trouser, Trouser, Shirt
     item = MultisetMNIST(split="test", size=1, digit_source="fashion_mnist")[0]
     assert item["image"].shape == (1, 100, 100) and 1 <= item["num_objects"] <= 4
+
+
+def test_trajectory_titles_wrap_long_class_names_and_keep_digit_titles_on_two_lines():
+    import torch
+
+    from glimpse.heatmaps.render import multiset_title
+
+    digits = [str(d) for d in range(10)]
+    four = torch.tensor([1, 0, 2, 0, 1, 0, 0, 0, 0, 0])
+    assert multiset_title(four, four, digits) == "true {0, 2, 2, 4}\npred {0, 2, 2, 4}"
+    clothes = torch.tensor([2, 1, 0, 0, 0, 0, 1, 0, 0, 0])  # T-shirt/top x2, Trouser, Shirt
+    title = multiset_title(clothes, clothes, list(FASHION_MNIST_CLASSES), width=34)
+    lines = title.split("\n")
+    assert len(lines) == 4 and all(len(line) <= 34 for line in lines), lines
+    assert lines[0].startswith("true {T-shirt/top") and lines[2].startswith("pred {")
+    assert " ".join(line.strip() for line in lines[:2]) == "true {T-shirt/top, T-shirt/top, Trouser, Shirt}"

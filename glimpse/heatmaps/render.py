@@ -18,6 +18,19 @@ def _multiset_text(counts: torch.Tensor, class_names: Sequence[str]) -> str:
     return "{" + ", ".join(items) + "}"
 
 
+def multiset_title(target_counts: torch.Tensor, predicted_counts: torch.Tensor, class_names: Sequence[str],
+                   width: int = 34) -> str:
+    """"true {...}" and "pred {...}" lines of a panel's title, each wrapped at ``width`` characters
+    (long class names such as Fashion-MNIST's would run into the next panel's title)."""
+    import textwrap
+
+    lines = []
+    for name, counts in (("true", target_counts), ("pred", predicted_counts)):
+        lines += textwrap.wrap(f"{name} {_multiset_text(counts, class_names)}", width=width, subsequent_indent="  ",
+                               break_long_words=False)
+    return "\n".join(lines)
+
+
 def draw_episode(top, bottom, image, episode: Episode, i: int, boxes, box_labels, target_counts, predicted_counts,
                  class_names: Sequence[str], stop_index: int | None = None):
     """Draw ``image`` (C, H, W), row ``i`` of ``episode``, with its ``boxes`` (M, 4), their
@@ -55,9 +68,7 @@ def draw_episode(top, bottom, image, episode: Episode, i: int, boxes, box_labels
         top.text(x, y, f"{t + 1}:{class_names[label]}", color="white", fontsize=7, ha="center", va="center",
                  bbox=dict(fc=c, alpha=0.8, lw=0, pad=0.5))
     ok = torch.equal(target_counts, predicted_counts)
-    top.set_title(f"true {_multiset_text(target_counts, class_names)}\n"
-                  f"pred {_multiset_text(predicted_counts, class_names)}",
-                  fontsize=7, color="black" if ok else "red")
+    top.set_title(multiset_title(target_counts, predicted_counts, class_names), fontsize=7, color="black" if ok else "red")
     sal = upsample_cells(episode.saliency_map[i : i + 1].detach().float().cpu(), hw, episode.cell_stride)[0]
     im = bottom.imshow(display_normalise(sal).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
     bottom.set_title("saliency map", fontsize=7)
