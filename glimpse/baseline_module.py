@@ -17,7 +17,7 @@ from torch import Tensor
 from glimpse import multiset
 from glimpse.metrics import MultisetMetrics
 from glimpse.models.baseline import MultisetPredictor, PredictorEpisode
-from glimpse.module import GlimpseModule, _plain, load_checkpoint
+from glimpse.module import GlimpseModule, _plain, check_arguments, load_checkpoint
 from glimpse.objectives.labels import multiset_cross_entropy, termination_step_mask
 
 log = logging.getLogger("glimpse")
@@ -60,14 +60,7 @@ class BaselineModule(pl.LightningModule):
                                    "max_steps": max_steps, "lr": lr, "weight_decay": weight_decay,
                                    "warmup_steps": warmup_steps, "scheduler": scheduler, "data": _plain(data),
                                    "backbone_lr": backbone_lr, "channels_last": channels_last})
-        if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
-        if max_steps < 1:
-            raise ValueError(f"model.max_steps={max_steps} must be >= 1 (decoder steps per image, STOP included)")
-        if backbone_lr is not None and backbone_lr < 0:
-            raise ValueError(f"model.backbone_lr={backbone_lr} must be >= 0, or null for model.lr")
-        if scheduler not in ("cosine", "constant"):
-            raise ValueError(f"model.scheduler={scheduler!r} is not known; choose 'cosine' or 'constant'")
+        check_arguments(num_classes, class_names, max_steps, backbone_lr, scheduler, steps_are="decoder steps")
         self.policy: MultisetPredictor = instantiate(policy, num_classes=num_classes)
         if channels_last:
             self.policy.to(memory_format=torch.channels_last)
@@ -80,6 +73,7 @@ class BaselineModule(pl.LightningModule):
     check_classes = GlimpseModule.check_classes
     parameter_groups = GlimpseModule.parameter_groups
     configure_optimizers = GlimpseModule.configure_optimizers
+    print_epoch_summary = GlimpseModule.print_epoch_summary
 
     def setup(self, stage: str) -> None:
         trainer = self._trainer
@@ -96,10 +90,7 @@ class BaselineModule(pl.LightningModule):
         """Greedy decoding of ``max_steps`` steps (the prediction ends at the first STOP)."""
         return self.policy(images, self.max_steps, label_mode="greedy")
 
-    def predicted_counts(self, episode: PredictorEpisode) -> Tensor:
-        """The emitted multiset ``(B, K)``: labels before the first STOP."""
-        targets = torch.zeros(episode.labels.shape[0], self.policy.num_classes, dtype=torch.long, device=episode.labels.device)
-        return multiset.rollout(targets, episode.labels, stop_ends=True)["predicted"]
+    predicted_counts = GlimpseModule.predicted_counts  # the emitted multiset (B, K): labels before the first STOP
 
     # -- steps ------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -122,12 +113,7 @@ class BaselineModule(pl.LightningModule):
         values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
         self.val_metrics.reset()
         self.log_dict(values, prog_bar=True)
-        if not self.trainer.sanity_checking:
-            train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
-            parts = [f"epoch {self.current_epoch}", f"step {self.global_step}"]
-            if train_loss is not None:
-                parts.append(f"train/loss {float(train_loss):.4f}")
-            self.print(" | ".join(parts + [f"{k} {float(v):.4f}" for k, v in values.items()]))
+        self.print_epoch_summary(values)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})

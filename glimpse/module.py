@@ -22,6 +22,20 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def check_arguments(num_classes: int, class_names: list[str], max_steps: int, backbone_lr: float | None,
+                    scheduler: str, steps_are: str) -> None:
+    """The constructor checks of both LightningModules (this one and the baseline's);
+    ``steps_are`` names what ``max_steps`` counts."""
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+    if max_steps < 1:
+        raise ValueError(f"model.max_steps={max_steps} must be >= 1 ({steps_are} per image, STOP included)")
+    if backbone_lr is not None and backbone_lr < 0:
+        raise ValueError(f"model.backbone_lr={backbone_lr} must be >= 0, or null for model.lr")
+    if scheduler not in ("cosine", "constant"):
+        raise ValueError(f"model.scheduler={scheduler!r} is not known; choose 'cosine' or 'constant'")
+
+
 class GlimpseModule(pl.LightningModule):
     """Trains :class:`GlimpsePolicy` with :class:`GlimpseObjective`; greedy decoding to evaluate.
 
@@ -51,14 +65,7 @@ class GlimpseModule(pl.LightningModule):
                                    "class_names": list(class_names), "max_steps": max_steps, "lr": lr,
                                    "weight_decay": weight_decay, "warmup_steps": warmup_steps, "scheduler": scheduler,
                                    "data": _plain(data), "backbone_lr": backbone_lr, "channels_last": channels_last})
-        if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
-        if max_steps < 1:
-            raise ValueError(f"model.max_steps={max_steps} must be >= 1 (meta steps per image, STOP included)")
-        if backbone_lr is not None and backbone_lr < 0:
-            raise ValueError(f"model.backbone_lr={backbone_lr} must be >= 0, or null for model.lr")
-        if scheduler not in ("cosine", "constant"):
-            raise ValueError(f"model.scheduler={scheduler!r} is not known; choose 'cosine' or 'constant'")
+        check_arguments(num_classes, class_names, max_steps, backbone_lr, scheduler, steps_are="meta steps")
         self.objective = GlimpseObjective(**objective)
         # the objective decides what the policy needs beyond the model config: a stop head, a second value output
         self.policy: GlimpsePolicy = instantiate(policy, num_classes=num_classes,
@@ -136,16 +143,18 @@ class GlimpseModule(pl.LightningModule):
         localisation = {f"val/{k}": v for k, v in self.val_localisation.compute().items()}
         self.val_localisation.reset()
         self.log_dict(localisation)
-        if not self.trainer.sanity_checking:
-            train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
-            parts = [f"epoch {self.current_epoch}", f"step {self.global_step}"]
-            if train_loss is not None:
-                parts.append(f"train/loss {float(train_loss):.4f}")
-            parts += [f"{k} {float(v):.4f}" for k, v in values.items()]
-            hit = localisation.get("val/localisation/glimpse_hit_rate")
-            if hit is not None:
-                parts.append(f"val/localisation/glimpse_hit_rate {float(hit):.4f}")
-            self.print(" | ".join(parts))
+        hit = localisation.get("val/localisation/glimpse_hit_rate")
+        self.print_epoch_summary({**values, **({} if hit is None else {"val/localisation/glimpse_hit_rate": hit})})
+
+    def print_epoch_summary(self, values: dict) -> None:
+        """One line per epoch (not during the sanity check): epoch, step, the epoch's training loss and ``values``."""
+        if self.trainer.sanity_checking:
+            return
+        train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
+        parts = [f"epoch {self.current_epoch}", f"step {self.global_step}"]
+        if train_loss is not None:
+            parts.append(f"train/loss {float(train_loss):.4f}")
+        self.print(" | ".join(parts + [f"{k} {float(v):.4f}" for k, v in values.items()]))
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
