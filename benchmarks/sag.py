@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from glimpse.heatmaps.sag import SAGSettings, glimpse_attention_graphs, summary, timed  # noqa: E402
 from glimpse.module import load_checkpoint  # noqa: E402
+from glimpse.run import cpu_name  # noqa: E402
 
 
 def config(images: int):
@@ -44,14 +43,6 @@ def config(images: int):
     dataset = datamodule.datasets["test"]
     batch = torch.utils.data.default_collate([dataset[i] for i in range(images)])
     return settings, batch["image"]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -369,3 +369,16 @@ def data_from_checkpoint(data: DictConfig, hparams: dict, given: set[str]) -> Di
     else:
         log.info("data as configured: it matches the checkpoint (channels %s, size %s)", channels, size)
     return data
+
+
+def cpu_name() -> str:
+    """The CPU's model name as ``lscpu`` prints it (benchmark records name their machine), else the architecture."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
