@@ -22,6 +22,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from glimpse.loggers import resumed_logger
     from glimpse.training.checkpoint_io import AtomicCheckpointIO
     from glimpse.training.last_checkpoint import LastCheckpoint
     from glimpse.training.run_phase import RunPhase
@@ -39,7 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # checkpoints are written atomically: a kill or a full disk mid-write keeps the previous one
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()])
     record_run(cfg)  # the input is checked: from here on the run dir holds the run
-    logger = instantiate_logger(cfg.get("logger"))
+    logger = instantiate_logger(resumed_logger(cfg.get("logger"), ckpt_path))  # W&B: the resumed run goes on
     if logger:
         trainer.loggers = [logger]
         logger.log_hyperparams(dict(cfg=dict(model.hparams)))

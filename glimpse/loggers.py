@@ -95,10 +95,21 @@ class GlimpseWandbLogger(WandbLogger):
                       "they are on disk under checkpoints/", stacklevel=3)
 
 
+def resume_arguments(previous: dict, mode: str, kwargs: dict) -> dict:
+    """``wandb.init`` arguments ``kwargs`` for going on with the W&B run ``previous`` (id, ...):
+    online its ``id`` (Lightning's logger passes ``resume="allow"``), unless one is given;
+    otherwise ``resumed_from: id`` in the config of a new run."""
+    if not previous.get("id"):
+        return kwargs
+    if mode == "online" and "id" not in kwargs:
+        return {**kwargs, "id": previous["id"]}
+    return {**kwargs, "config": {**(kwargs.get("config") or {}), "resumed_from": previous["id"]}}
+
+
 def wandb_logger(
     project: str = "glimpse", save_dir: str = ".", name: str | None = None, mode: str | None = None,
     tags: list[str] | None = None, group: str | None = None, job_type: str | None = None,
-    log_model: bool | str = False, **kwargs: Any,
+    log_model: bool | str = False, resume_run: dict | None = None, **kwargs: Any,
 ):
     """A :class:`GlimpseWandbLogger`; offline unless logged in; a CSV logger if W&B cannot start.
 
@@ -106,6 +117,10 @@ def wandb_logger(
     otherwise picks ``online`` only when an API key is present. ``group``: ``None`` is
     :func:`hydra_group`. ``log_model``: ``False``, ``True`` (the best and last checkpoints at
     the end of training) or ``all`` (every save of the best checkpoint as it is written).
+    ``resume_run``: the W&B run of the checkpoint a training run resumes (:func:`resumed_logger`).
+    Online, that run goes on (its id, ``resume="allow"``); offline, where W&B cannot resume a
+    run (syncing two offline runs of one id keeps only the second), this is a new run of the
+    same name in the same group, with ``resumed_from`` (the first part's id) in its config.
     """
     from lightning.pytorch.loggers import CSVLogger
 
@@ -126,8 +141,11 @@ def wandb_logger(
             wandb.run.finish()
         from omegaconf import OmegaConf
 
-        group = group or hydra_group(save_dir)
+        previous = dict(resume_run or {})
+        group = group or previous.get("group") or hydra_group(save_dir)
         kwargs = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in kwargs.items()}
+        name = name or previous.get("name")
+        kwargs = resume_arguments(previous, mode, kwargs)
         logger = GlimpseWandbLogger(project=project, name=name, save_dir=save_dir, mode=mode, tags=list(tags or []),
                                     group=group, job_type=job_type, log_model=log_model, **kwargs)
         logger._wandb_init.pop("anonymous", None)  # Lightning passes it; W&B warns that it has no effect
@@ -135,6 +153,13 @@ def wandb_logger(
         if mode == "offline":
             log.info("W&B is offline: the run is kept under %s/wandb; upload it later with `wandb sync %s/wandb/offline-run-*`",
                      save_dir, save_dir)
+        if previous.get("id"):
+            if logger.experiment.id == previous["id"]:
+                log.info("W&B run %s resumed", previous["id"])
+            else:
+                log.info("W&B run %s continues run %s (config resumed_from) in group %s: W&B resumes a run only "
+                         "online, so each resumed offline part is a run of its own", logger.experiment.id,
+                         previous["id"], group)
         return logger
     except Exception as err:  # W&B unreachable, unwritable dir, broken install: keep training
         warnings.warn(f"W&B logger could not start ({type(err).__name__}: {err}); logging to CSV instead", stacklevel=2)
@@ -185,6 +210,21 @@ def training_run(ckpt_path: str | os.PathLike) -> dict | None:
             continue
     record = checkpoint.get("wandb") if isinstance(checkpoint, dict) else None
     return dict(record) if isinstance(record, dict) else None
+
+
+def resumed_logger(logger_cfg, ckpt_path: str | os.PathLike | None):
+    """The logger config of ``train.py`` resuming ``ckpt_path``: for W&B, with the checkpoint's
+    training run (:class:`WandbRunRecord`) as ``resume_run``; anything else unchanged."""
+    from omegaconf import OmegaConf
+
+    if not ckpt_path or not logger_cfg or logger_cfg.get("_target_") != f"{__name__}.wandb_logger":
+        return logger_cfg
+    record = training_run(ckpt_path)
+    if not record or not record.get("id"):
+        return logger_cfg
+    cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
+    cfg.resume_run = record
+    return cfg
 
 
 def check_max_rows(max_rows: Any) -> int:

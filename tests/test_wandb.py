@@ -114,6 +114,33 @@ def test_draw_trajectory_marks_the_cells_and_glimpses_where_they_are():
     assert drawn[5, 95].max() == 0  # far from both: the image untouched
 
 
+def test_a_resumed_run_goes_on_in_its_w_and_b_run_or_beside_it_offline(trained, tmp_path, monkeypatch):
+    """train.py ckpt_path=last: online the checkpoint's W&B run goes on (its id, resume="allow");
+    offline, where W&B cannot resume, a new run of the same name and group names the first."""
+    import shutil
+
+    from glimpse.loggers import resume_arguments
+
+    first = {"id": "abc123", "group": "train-x", "name": "brave-owl-1"}
+    assert resume_arguments(first, "online", {"config": {"a": 1}}) == {"config": {"a": 1}, "id": "abc123"}
+    assert resume_arguments(first, "online", {"id": "mine"}) == {"id": "mine", "config": {"resumed_from": "abc123"}}
+    assert resume_arguments(first, "offline", {}) == {"config": {"resumed_from": "abc123"}}
+    assert resume_arguments({}, "online", {"x": 1}) == {"x": 1}
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("wandb_data"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+    run("train.py", "experiment=smoke", *TINY, "trainer.max_epochs=3", "logger=wandb", "test=false", "ckpt_path=last",
+        f"paths.output_dir={out}")
+    (before,) = runs_under(trained / "wandb")
+    runs = runs_under(out / "wandb")
+    (after,) = [r for r in runs if r["run"]["id"] != before["run"]["id"]]
+    assert len(runs) == 2 and after["config"]["resumed_from"] == before["run"]["id"]
+    assert after["run"]["group"] == before["run"]["group"] and after["run"]["name"] == before["run"]["name"]
+    record = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert record["epoch"] == 2 and record["wandb"]["id"] == after["run"]["id"]  # epoch 3 of 3; a next resume goes on from here
+
+
 def test_multirun_seeds_share_one_group_named_after_the_sweep(tmp_path):
     sweep = tmp_path / "seeds"
     # each job's files in its sweep subdir (paths.output_dir is otherwise a time stamp per job)
