@@ -5,7 +5,7 @@ import torch
 from glimpse.geometry import cell_centres
 from glimpse.models.attention import GaussianMixtureAttention
 from glimpse.models.backbone import ConvBackbone, ResNetBackbone
-from glimpse.models.policy import GlimpsePolicy
+from glimpse.models.policy import STOP_MASKED, GlimpsePolicy
 from glimpse.objectives import GlimpseObjective
 
 
@@ -120,6 +120,8 @@ def test_stop_head_decides_termination_and_training_rollouts_run_on():
         policy.stop.bias.fill_(-100.0)  # never stop
         ep = policy(images, 3, location_mode="greedy", label_mode="greedy")
         assert ep.stop_logits.shape == (6, 3) and (ep.labels < 10).all()  # labels among the classes only
+        assert (ep.label_logits[..., 10] == STOP_MASKED).all()  # their distribution: the K classes
+        assert (ep.label_logits.softmax(-1)[..., 10] == 0).all()
         policy.stop.bias.fill_(100.0)  # stop at once
         ep = policy(images, 3, location_mode="greedy", label_mode="greedy")
         assert (ep.labels == 10).all()

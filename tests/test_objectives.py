@@ -278,7 +278,8 @@ def test_stop_head_is_taught_to_stop_at_step_size_plus_one_even_after_a_mistake(
     stop = torch.tensor([[-1.0, 0.5, 2.0]])
     out = GlimpseObjective(count_weight=0.0, peak_weight=0.0, termination="head")(
         episode(logits, labels, stop_logits=stop), targets)
-    assert math.isclose(out["label_loss"].item(), (math.log(math.e**2 + 2) - 1.0 + math.log(math.e + 2)) / 2, rel_tol=1e-5)
+    # the labels' distribution is over the K classes: STOP is the head's (its logit 0 or 3 plays no part)
+    assert math.isclose(out["label_loss"].item(), (math.log(math.e**2 + 1) - 1.0 + math.log(math.e + 1)) / 2, rel_tol=1e-5)
     bce = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5)) + math.log1p(math.exp(-2.0))) / 3
     assert math.isclose(out["stop_loss"].item(), bce, rel_tol=1e-5)
     assert math.isclose(out["loss"].item(), out["label_loss"].item() + bce + out["location_loss"].item()
@@ -288,6 +289,27 @@ def test_stop_head_is_taught_to_stop_at_step_size_plus_one_even_after_a_mistake(
     assert GlimpseObjective(termination="head", label_loss="reinforce").num_steps(targets, 9) == 3
     # the reported reward is the labels' on their |Y| steps: +1 (right 0), -1 (0 again), not the third step's
     assert out["reward"].item() == 0.0
+
+
+def test_under_the_stop_head_label_reinforce_ignores_the_stop_logit():
+    # Sampled labels are among the K classes; were STOP in the softmax, every negative advantage
+    # would raise its logit (never sampled, never lowered) until the labels' log-probabilities sank
+    # to hundreds of nats below zero. Target {0, 1}; sampled 0 (right), 0 (wrong).
+    labels, targets = torch.tensor([[0, 0, 1]]), torch.tensor([[1, 1]])
+    obj = GlimpseObjective(label_loss="reinforce", location_reward="sampled", termination="head", count_weight=0.0,
+                           peak_weight=0.0, attention_reward=0.0, glimpse_reward=0.0, gamma=0.0, entropy_weight=0.01)
+    seen = []
+    for stop in (0.0, 50.0):
+        logits = torch.tensor([[[1.0, 0.0, stop], [0.0, 0.0, stop], [0.0, 1.0, stop]]], requires_grad=True)
+        out = obj(episode(logits, labels, stop_logits=torch.zeros(1, 3), label_values=torch.zeros(1, 3)), targets)
+        # log p(0) over the two classes: 1 - log(e + 1) at step 0, log 1/2 at step 1; advantages +1, -1
+        expected = -(1.0 * (1.0 - math.log(math.e + 1)) - 1.0 * math.log(0.5)) / 2
+        assert math.isclose(out["label_loss"].item(), expected, rel_tol=1e-6)
+        out["loss"].backward()
+        assert torch.all(logits.grad[..., 2] == 0)  # STOP's logit learns nothing from the label loss
+        assert logits.grad[..., :2].abs().sum() > 0
+        seen.append(out["label_entropy"].item())
+    assert seen[0] == seen[1] and seen[0] > 0.6  # two-class entropies (log 2 = 0.69), STOP's logit no part of them
 
 
 def test_binary_versus_signed_rewards():

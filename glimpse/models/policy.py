@@ -47,7 +47,7 @@ class Episode:
     glimpse_locations: Tensor  # (B, T, k)
     glimpse_logp: Tensor  # (B, T, k)
     glimpse_entropy: Tensor  # (B, T, k)
-    label_logits: Tensor  # (B, T, K + 1); index K is STOP
+    label_logits: Tensor  # (B, T, K + 1); index K is STOP (STOP_MASKED under a stop head)
     labels: Tensor  # (B, T) emitted label or STOP
     values: Tensor  # (B, T) learned baseline of the step's location return, from detached state
     grid: tuple[int, int]  # (h, w)
@@ -72,6 +72,19 @@ class Episode:
         """Entropy ``(B, T)`` of each meta step's location decisions: the meta-controller's plus
         each glimpse's, summed as their log-probabilities are (zero glimpses add nothing)."""
         return self.meta_entropy + self.glimpse_entropy.sum(-1)
+
+
+# the STOP logit of a policy with a stop head: STOP is the head's decision, so the label
+# distribution is over the K classes (as the 2018 authors' code) and this constant logit gives
+# STOP probability 0 (exp underflows; finite, so p * log p stays 0) and no gradient
+STOP_MASKED = -1e4
+
+
+def classes_only(label_logits: Tensor) -> Tensor:
+    """``label_logits (..., K + 1)`` with STOP's logit set to :data:`STOP_MASKED`: the label
+    distribution of a policy whose stop head decides termination."""
+    is_stop = torch.arange(label_logits.shape[-1], device=label_logits.device) == label_logits.shape[-1] - 1
+    return label_logits.masked_fill(is_stop, STOP_MASKED)
 
 
 MODES = ("sample", "greedy")
@@ -346,7 +359,7 @@ class GlimpsePolicy(nn.Module):
                 g_loc = actions["glimpse_locations"][:, t, j]
                 ctrl = self.controller.glimpse(enc.features, g_loc, g0, log_mass, ctrl, enc.grid)
                 g_locs.append(g_loc)
-            ctrl, label_logits = self.controller(g0, log_mass, ctrl)
+            ctrl, label_logits = self._label_logits(g0, log_mass, ctrl)
             label = actions["labels"][:, t] if "labels" in actions else label_logits.argmax(-1)
             _keep(rec, meta_locations=loc, meta_logp=zeros, meta_entropy=zeros, attention_masks=mask,
                   saliency_mass=mass.squeeze(-1), label_logits=label_logits, labels=label, values=zeros,
@@ -369,6 +382,12 @@ class GlimpsePolicy(nn.Module):
         features = activations.flatten(2).transpose(1, 2)  # (B, h*w, C)
         keys = self.keys(features) if with_keys else None  # (B, h*w, D)
         return _Encoded(saliency_map, class_density, features, keys, (height, width))
+
+    def _label_logits(self, g0: Tensor, log_mass: Tensor, ctrl: tuple[Tensor, Tensor]) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """The controller's classification step: its state and the label logits ``(B, K + 1)``,
+        STOP masked (:func:`classes_only`) when the stop head decides termination."""
+        ctrl, label_logits = self.controller(g0, log_mass, ctrl)
+        return ctrl, label_logits if self.stop is None else classes_only(label_logits)
 
     def _label(self, label_logits: Tensor, stop_logit: Tensor | None, mask: Tensor, class_density: Tensor,
                decide: _Decisions, t: int) -> Tensor:
@@ -410,7 +429,7 @@ class GlimpsePolicy(nn.Module):
                 g_loc, g_logp, g_ent = _choose(prio, decide.location_mode, decide.forced("glimpse_locations", t, j))
                 ctrl = self.controller.glimpse(enc.features, g_loc, g0, log_mass, ctrl, enc.grid)
                 g_locs.append(g_loc), g_logps.append(g_logp), g_ents.append(g_ent), prios.append(prio)
-            ctrl, label_logits = self.controller(g0, log_mass, ctrl)
+            ctrl, label_logits = self._label_logits(g0, log_mass, ctrl)
             stop_logit = None if self.stop is None else self.stop(torch.cat([ctrl[0], g0], -1)).squeeze(-1)
             label = self._label(label_logits, stop_logit, mask, enc.class_density, decide, t)
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from glimpse import multiset
 from glimpse.geometry import glimpse_hits
-from glimpse.models.policy import Episode
+from glimpse.models.policy import Episode, classes_only
 from glimpse.objectives.labels import SEQUENCE_ORDERS, LabelLoss, make_label_loss
 from glimpse.objectives.saliency import count_loss, peak_loss
 
@@ -165,9 +165,10 @@ class GlimpseObjective:
 
     def play(self, episode: Episode, targets: Tensor, batch: dict | None) -> dict[str, Tensor]:
         """Replay the episode: remaining multisets, masks, rewards and returns of each step."""
-        logits = episode.label_logits  # (B, T, K+1)
-        log_probs = F.log_softmax(logits, -1)
         by_label = self.termination == "label"
+        # under the stop head the labels are a distribution over the K classes (STOP is the head's)
+        logits = episode.label_logits if by_label else classes_only(episode.label_logits)  # (B, T, K+1)
+        log_probs = F.log_softmax(logits, -1)
         roll = multiset.rollout(targets, episode.labels, self.reward, stop_ends=by_label and self.labels.stop_ends)
         remaining = roll["remaining_before"]  # (B, T, K)
         attended = None
