@@ -38,6 +38,10 @@ def test_hand_worked_example():
     each = metric.per_class()
     assert each["count_mae"].tolist() == pytest.approx([2 / 3, 0, 1 / 3])
     assert each["AP_max_probability"].tolist() == pytest.approx([1, 1, 0.5])
+    # the 2018 authors' F1, over the images that contain each class: class 0 (images 0, 2) precision
+    # (1/1 + 0/1) / 2, recall (1/2 + 0/1) / 2, F1 1/3; classes 1 and 2: 1 and 1 (image 2's false 2 costs
+    # nothing, as class 2 is absent there). The micro F1 counts it: 2 * 3 / (4 + 5) = 2/3
+    assert out["multiset/f1_present"] == pytest.approx((1 / 3 + 1 + 1) / 3)
 
 
 def test_batches_accumulate_and_classes_without_positives_are_left_out_of_the_means():
@@ -49,6 +53,7 @@ def test_batches_accumulate_and_classes_without_positives_are_left_out_of_the_me
     assert out["multilabel/mAP"] == pytest.approx(2.5 / 3) and out["multilabel/CP"] == pytest.approx(2.5 / 3)
     assert math.isnan(metric.per_class()["AP_max_probability"][3])
     assert out["count/mae"] == pytest.approx(1 / 4)  # the 4th class's counts are right: (2 + 0 + 1 + 0) / (3 images * 4)
+    assert out["multiset/f1_present"] == pytest.approx(7 / 9)  # the 4th class, in no image, is not one of the means
 
 
 def test_several_score_kinds_each_get_their_map():
@@ -121,6 +126,7 @@ def test_evaluate_writes_multilabel_and_count_metrics_and_the_class_table(smoke_
     for key in ("mAP", "mAP_max_probability", "mAP_expected_count", "CP", "CR", "CF1", "OP", "OR", "OF1"):
         assert 0.0 <= metrics[f"multilabel/{key}"] <= 1.0, key
     assert 0.0 <= metrics["count/accuracy"] <= 1.0 and metrics["count/mae"] >= 0.0
+    assert 0.0 <= metrics["multiset/f1_present"] <= 1.0
     # a multiset right in every count is an exact match: the two are the same number
     assert metrics["count/accuracy"] == pytest.approx(metrics["multiset/exact_match"])
     per_class = [metrics[f"count/mae/{c}"] for c in range(10)]

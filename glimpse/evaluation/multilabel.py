@@ -11,6 +11,12 @@ From a per-class score (for ranking) and the emitted multiset of each image:
 - ``multilabel/{OP,OR,OF1}``: the same counted over all image-class pairs (overall).
 - ``count/accuracy``: the share of images whose every class count is right; ``count/mae``: the
   mean absolute error of the per-class counts over images and classes, and ``count/mae/<class>``.
+- ``multiset/f1_present``: the F1 of the 2018 authors' code (``util.py``), for comparing with
+  their numbers: per class, the precision ``min(p, t) / max(p, 1)`` and recall
+  ``min(p, t) / max(t, 1)`` of the counts averaged over the images that *contain* the class (a
+  false positive on an absent class costs nothing), an F1 per class, and the mean over the classes
+  present. Over the whole split (their code averages it over batches). The micro
+  ``multiset/f1`` is stricter: it counts every false positive.
 
 All are torchmetrics ``Metric``s, so they reduce across DDP processes.
 """
@@ -75,6 +81,8 @@ class MultilabelMetrics(Metric):
         for name in ("true_positives", "false_positives", "false_negatives", "positives"):
             self.add_state(name, default=torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("absolute_error", default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("present_precision", "present_recall"):  # the 2018 authors' F1: sums over images with the class
+            self.add_state(name, default=torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("exact", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         # each reduces its own states across processes when computed
@@ -96,6 +104,9 @@ class MultilabelMetrics(Metric):
         self.false_negatives += (present & ~named).sum(0)
         self.positives += present.sum(0)
         self.absolute_error += (predicted - target).abs().sum(0).double()
+        overlap = torch.minimum(predicted, target).double()
+        self.present_precision += torch.where(present, overlap / predicted.clamp(min=1), 0.0).sum(0)
+        self.present_recall += torch.where(present, overlap / target.clamp(min=1), 0.0).sum(0)
         self.exact += (predicted == target).all(-1).sum()
         self.images += target.shape[0]
         for kind in self.score_kinds:
@@ -113,6 +124,14 @@ class MultilabelMetrics(Metric):
         for kind in self.score_kinds:
             out[f"AP_{kind}"] = self._average_precision(kind)
         return out
+
+    def present_f1(self) -> Tensor:
+        """``multiset/f1_present``, the 2018 authors' per-class F1 (module docstring); 0 without objects."""
+        has = self.positives > 0
+        if not has.any():
+            return self.present_precision.new_tensor(0.0)
+        n = self.positives[has].double()
+        return f1(self.present_precision[has] / n, self.present_recall[has] / n).mean()
 
     def _average_precision(self, kind: str) -> Tensor:
         metric = self.average_precision[kind]
@@ -135,6 +154,7 @@ class MultilabelMetrics(Metric):
             "multilabel/OP": op, "multilabel/OR": o_r, "multilabel/OF1": f1(op, o_r),
             "count/accuracy": self.exact.double() / self.images.clamp(min=1),
             "count/mae": each["count_mae"].mean(),
+            "multiset/f1_present": self.present_f1(),
         }
         for i, kind in enumerate(self.score_kinds):
             ap = each[f"AP_{kind}"]
