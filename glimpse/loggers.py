@@ -212,17 +212,27 @@ def training_run(ckpt_path: str | os.PathLike) -> dict | None:
     return dict(record) if isinstance(record, dict) else None
 
 
+def is_wandb(logger_cfg) -> bool:
+    """Whether a logger config builds :func:`wandb_logger`."""
+    return bool(logger_cfg) and logger_cfg.get("_target_") == f"{__name__}.wandb_logger"
+
+
+def editable_copy(logger_cfg):
+    """A resolved copy of a logger config that takes new keys."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
+
+
 def resumed_logger(logger_cfg, ckpt_path: str | os.PathLike | None):
     """The logger config of ``train.py`` resuming ``ckpt_path``: for W&B, with the checkpoint's
     training run (:class:`WandbRunRecord`) as ``resume_run``; anything else unchanged."""
-    from omegaconf import OmegaConf
-
-    if not ckpt_path or not logger_cfg or logger_cfg.get("_target_") != f"{__name__}.wandb_logger":
+    if not ckpt_path or not is_wandb(logger_cfg):
         return logger_cfg
     record = training_run(ckpt_path)
     if not record or not record.get("id"):
         return logger_cfg
-    cfg = OmegaConf.create(OmegaConf.to_container(logger_cfg, resolve=True))
+    cfg = editable_copy(logger_cfg)
     cfg.resume_run = record
     return cfg
 
@@ -242,11 +252,11 @@ def evaluation_logger(eval_cfg, ckpt_path: str, given: str):
     from omegaconf import OmegaConf
 
     cfg = eval_cfg.get("logger")
-    if not cfg or cfg.get("_target_") != f"{__name__}.wandb_logger":
+    if not is_wandb(cfg):
         return cfg
     check_max_rows(OmegaConf.select(eval_cfg, "wandb.max_rows", default=500))
     trained = training_run(ckpt_path) or {}
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # a copy that takes new keys
+    cfg = editable_copy(cfg)
     cfg.job_type = cfg.get("job_type") or "evaluate"
     if not cfg.get("group") and trained.get("group"):
         cfg.group = trained["group"]
